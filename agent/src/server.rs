@@ -1,0 +1,103 @@
+//! Where the agent listens: vsock in a guest, a Unix socket on a host.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use hull_proto::v1::agent_server::AgentServer;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_vsock::{VMADDR_CID_ANY, VsockAddr, VsockListener};
+
+use crate::rpc::AgentRpc;
+use crate::service::Agent;
+
+/// Requests larger than this are refused before they are decoded.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Vsock(u32),
+    Unix(PathBuf),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("listen address {0:?}: use vsock:PORT or unix:PATH")]
+    BadAddress(String),
+    #[error("binding {address}: {source}")]
+    Bind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl FromStr for Listen {
+    type Err = ServeError;
+
+    fn from_str(address: &str) -> Result<Self, Self::Err> {
+        let bad = || ServeError::BadAddress(address.to_owned());
+        match address.split_once(':') {
+            Some(("vsock", port)) => port.parse().map(Self::Vsock).map_err(|_| bad()),
+            Some(("unix", path)) if path.starts_with('/') => Ok(Self::Unix(path.into())),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Serves until the agent asks to shut down.
+pub async fn serve(agent: Arc<Agent>, listen: Listen) -> Result<(), ServeError> {
+    let mut shutdown = agent.shutdown_requested();
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    let service = AgentServer::new(AgentRpc(agent))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let router = tonic::transport::Server::builder().add_service(service);
+    match listen {
+        Listen::Vsock(port) => {
+            let listener = VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, port)).map_err(|source| {
+                ServeError::Bind {
+                    address: format!("vsock:{port}"),
+                    source,
+                }
+            })?;
+            tracing::info!(port, "serving on vsock");
+            router.serve_with_incoming_shutdown(listener.incoming(), stop).await?;
+        }
+        Listen::Unix(path) => {
+            let _ = std::fs::remove_file(&path);
+            let listener = tokio::net::UnixListener::bind(&path).map_err(|source| ServeError::Bind {
+                address: format!("unix:{}", path.display()),
+                source,
+            })?;
+            tracing::info!(path = %path.display(), "serving on a Unix socket");
+            let served = router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
+                .await;
+            let _ = std::fs::remove_file(&path);
+            served?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_listen_addresses() {
+        assert_eq!("vsock:1024".parse::<Listen>().ok(), Some(Listen::Vsock(1024)));
+        assert_eq!(
+            "unix:/run/a.sock".parse::<Listen>().ok(),
+            Some(Listen::Unix("/run/a.sock".into()))
+        );
+        for bad in ["vsock:x", "unix:relative", "tcp:1", "1024"] {
+            assert!(bad.parse::<Listen>().is_err(), "{bad}");
+        }
+    }
+}

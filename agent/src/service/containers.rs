@@ -1,0 +1,188 @@
+//! CreateContainer, StartContainer, RemoveContainer, Pause, Resume, Update
+//! and Stats.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hull_proto::v1 as api;
+
+use super::{Agent, remove_dir, stdio_request};
+use crate::cgroup;
+use crate::error::{AgentError, Result};
+use crate::ids;
+use crate::runtime::Operation;
+use crate::spec;
+use crate::state::{Container, Process, Status};
+
+/// How long killed processes get to be reaped before removal gives up.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Agent {
+    pub async fn create_container(
+        &self,
+        request: api::CreateContainerRequest,
+    ) -> Result<api::CreateContainerResponse> {
+        let id = request.container_id;
+        ids::validate("container_id", &id)?;
+        let stdio = stdio_request(request.stdio.as_ref());
+        let reservation = self.containers.reserve(&id)?;
+        let spec = spec::container_spec(&id, &request.oci_spec_json, &request.rootfs, stdio.terminal)?;
+        let cgroup = spec::cgroup_dir(&spec, &self.config.cgroup_root);
+
+        let bundle = self.bundle_dir(&id);
+        std::fs::create_dir_all(&bundle)
+            .map_err(|err| AgentError::io(format!("creating {}", bundle.display()), err))?;
+        let created = async {
+            spec.save(bundle.join("config.json"))
+                .map_err(|err| AgentError::Runtime(format!("writing config.json: {err}")))?;
+            self.spawn_process(&id, stdio, |stdio| Operation::Create {
+                bundle: bundle.clone(),
+                stdio,
+            })
+            .await
+        }
+        .await;
+        let (pid, io) = match created {
+            Ok(created) => created,
+            Err(err) => {
+                remove_dir(&bundle);
+                return Err(err);
+            }
+        };
+
+        let init = Process::new(format!("{id}/init"), pid, io, self.reaper.watch(pid));
+        let container = Arc::new(Container::new(id.clone(), bundle, cgroup, init));
+        self.watch_oom(&container);
+        reservation.commit(container);
+        tracing::info!(container = %id, pid, "created");
+        Ok(api::CreateContainerResponse { pid: pid as u32 })
+    }
+
+    pub async fn start_container(
+        &self,
+        request: api::StartContainerRequest,
+    ) -> Result<api::StartContainerResponse> {
+        let container = self.container(&request.container_id)?;
+        let _operations = container.operations.lock().await;
+        container.require("start", &[Status::Created])?;
+        self.runtime.run(&container.id, Operation::Start, None).await?;
+        container.set_status(Status::Running);
+        Ok(api::StartContainerResponse {})
+    }
+
+    pub async fn remove_container(
+        &self,
+        request: api::RemoveContainerRequest,
+    ) -> Result<api::RemoveContainerResponse> {
+        let container = self.container(&request.container_id)?;
+        self.remove(&container, request.force).await?;
+        Ok(api::RemoveContainerResponse {})
+    }
+
+    /// Kills what is left of the container when `force`, then removes its
+    /// cgroup, runtime state and bundle.
+    pub(super) async fn remove(&self, container: &Arc<Container>, force: bool) -> Result<()> {
+        let _operations = container.operations.lock().await;
+        let alive: Vec<Arc<Process>> = container
+            .processes()
+            .into_iter()
+            .filter(|process| process.exited().is_none())
+            .collect();
+        if !alive.is_empty() {
+            if !force {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "cannot remove container {:?}: {} of its processes are running; \
+                     kill them first or set force",
+                    container.id,
+                    alive.len()
+                )));
+            }
+            if let Err(err) = cgroup::kill_all(&container.cgroup) {
+                tracing::warn!(container = %container.id, %err, "cgroup.kill failed; signalling each process");
+                for process in &alive {
+                    let _ = process.signal(libc::SIGKILL);
+                }
+            }
+            let all_exited = futures::future::join_all(alive.iter().map(|p| p.exit()));
+            tokio::time::timeout(KILL_TIMEOUT, all_exited)
+                .await
+                .map_err(|_| {
+                    AgentError::Runtime(format!(
+                        "container {:?}: processes still alive {KILL_TIMEOUT:?} after SIGKILL",
+                        container.id
+                    ))
+                })?;
+        }
+        self.runtime
+            .run(&container.id, Operation::Delete { force: true }, None)
+            .await?;
+        self.stop_oom_watch(&container.id);
+        remove_dir(&container.bundle);
+        self.containers.remove(&container.id);
+        tracing::info!(container = %container.id, "removed");
+        Ok(())
+    }
+
+    pub async fn pause_container(
+        &self,
+        request: api::PauseContainerRequest,
+    ) -> Result<api::PauseContainerResponse> {
+        let container = self.container(&request.container_id)?;
+        let _operations = container.operations.lock().await;
+        container.require("pause", &[Status::Running])?;
+        self.runtime.run(&container.id, Operation::Pause, None).await?;
+        container.set_status(Status::Paused);
+        Ok(api::PauseContainerResponse {})
+    }
+
+    pub async fn resume_container(
+        &self,
+        request: api::ResumeContainerRequest,
+    ) -> Result<api::ResumeContainerResponse> {
+        let container = self.container(&request.container_id)?;
+        let _operations = container.operations.lock().await;
+        container.require("resume", &[Status::Paused])?;
+        self.runtime.run(&container.id, Operation::Resume, None).await?;
+        container.set_status(Status::Running);
+        Ok(api::ResumeContainerResponse {})
+    }
+
+    pub async fn update_container(
+        &self,
+        request: api::UpdateContainerRequest,
+    ) -> Result<api::UpdateContainerResponse> {
+        let container = self.container(&request.container_id)?;
+        let resources = spec::resources(&request.resources_json)?;
+        let _operations = container.operations.lock().await;
+        container.require("update", &[Status::Created, Status::Running, Status::Paused])?;
+        let path = container.bundle.join("resources.json");
+        let json = serde_json::to_vec(&resources)
+            .map_err(|err| AgentError::Runtime(format!("encoding resources: {err}")))?;
+        std::fs::write(&path, json)
+            .map_err(|err| AgentError::io(format!("writing {}", path.display()), err))?;
+        let result = self
+            .runtime
+            .run(
+                &container.id,
+                Operation::Update {
+                    resources_json: path.clone(),
+                },
+                None,
+            )
+            .await;
+        let _ = std::fs::remove_file(&path);
+        result.map(|_| api::UpdateContainerResponse {})
+    }
+
+    pub async fn stats_container(
+        &self,
+        request: api::StatsContainerRequest,
+    ) -> Result<api::StatsContainerResponse> {
+        let container = self.container(&request.container_id)?;
+        let dir = container.cgroup.clone();
+        tokio::task::spawn_blocking(move || cgroup::stats(&dir))
+            .await
+            .map_err(|err| AgentError::Runtime(format!("stats: {err}")))?
+            .map_err(|err| AgentError::io(format!("stats of container {:?}", container.id), err))
+    }
+}

@@ -1,0 +1,16 @@
+//! The Hull guest agent API, package `hull.agent.v1`.
+//!
+//! The `.proto` file beside this crate is the source of truth; this crate only
+//! exposes what `tonic` generates from it.
+
+/// Version 1 of the agent API.
+pub mod v1 {
+    #![allow(missing_debug_implementations, clippy::all)]
+    tonic::include_proto!("hull.agent.v1");
+
+    /// The value [`HealthResponse::api_version`] carries for this API.
+    pub const API_VERSION: &str = "hull.agent.v1";
+
+    /// The vsock port the agent listens on inside the guest.
+    pub const AGENT_VSOCK_PORT: u32 = 1024;
+}
