@@ -35,21 +35,34 @@ enum Command {
     RuntimeHelper,
 }
 
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_env("HULL_AGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
 fn main() -> anyhow::Result<()> {
     let pid1 = std::process::id() == 1;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HULL_AGENT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-
     let command = Cli::parse().command;
     if let Some(Command::RuntimeHelper) = command {
+        // libcontainer logs from the container's own processes after they
+        // have taken the container's stdio as fds 0-2; logging to a
+        // close-on-exec copy of the agent's stderr keeps those lines out of
+        // the container's output.
+        let log = rustix::io::fcntl_dupfd_cloexec(std::io::stderr(), 10)
+            .context("duplicating stderr for the helper's log")?;
+        let log = std::sync::Mutex::new(std::fs::File::from(log));
+        tracing_subscriber::fmt()
+            .with_env_filter(log_filter())
+            .with_ansi(false)
+            .with_writer(log)
+            .init();
         signals::restore_default_sigpipe();
         return runtime::run_helper().context("runtime helper");
     }
+    tracing_subscriber::fmt()
+        .with_env_filter(log_filter())
+        .with_writer(std::io::stderr)
+        .init();
     let (listen, state_dir, cgroup_root) = match command {
         Some(Command::Serve {
             listen,

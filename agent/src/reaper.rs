@@ -122,6 +122,7 @@ impl Reaper {
     }
 
     fn deliver(&self, pid: i32, exit: ExitStatus) {
+        tracing::debug!(pid, status = exit.0, "reaped");
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         match table.waiters.remove(&pid) {
             Some(waiter) => {

@@ -14,6 +14,10 @@ use crate::service::Agent;
 /// Requests larger than this are refused before they are decoded.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// After a shutdown request, how long clients get to close their connections
+/// (and so receive the last answers) before the server stops regardless.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {
     Vsock(u32),
@@ -50,9 +54,36 @@ impl FromStr for Listen {
 /// Serves until the agent asks to shut down.
 pub async fn serve(agent: Arc<Agent>, listen: Listen) -> Result<(), ServeError> {
     let mut shutdown = agent.shutdown_requested();
+    let mut deadline = agent.shutdown_requested();
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
+    let grace_over = async move {
+        let _ = deadline.wait_for(|stop| *stop).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let socket_file = match &listen {
+        Listen::Unix(path) => Some(path.clone()),
+        Listen::Vsock(_) => None,
+    };
+    let served = tokio::select! {
+        served = serve_until(agent, listen, stop) => served,
+        () = grace_over => {
+            tracing::info!("clients still connected after {SHUTDOWN_GRACE:?}; stopping");
+            Ok(())
+        }
+    };
+    if let Some(path) = socket_file {
+        let _ = std::fs::remove_file(path);
+    }
+    served
+}
+
+async fn serve_until(
+    agent: Arc<Agent>,
+    listen: Listen,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
     let service = AgentServer::new(AgentRpc(agent))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -75,11 +106,9 @@ pub async fn serve(agent: Arc<Agent>, listen: Listen) -> Result<(), ServeError> 
                 source,
             })?;
             tracing::info!(path = %path.display(), "serving on a Unix socket");
-            let served = router
+            router
                 .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
-                .await;
-            let _ = std::fs::remove_file(&path);
-            served?;
+                .await?;
         }
     }
     Ok(())

@@ -1,1 +1,40 @@
-//! Shared harness for the suites in tests/.
+//! Shared harness for Hull's suites: busybox root filesystems, OCI specs, and
+//! a real `hull-agent` started on the host and reached over a Unix socket.
+
+pub mod agent;
+pub mod rootfs;
+pub mod spec;
+
+use std::path::PathBuf;
+
+/// A binary of this workspace, built next to the test executable.
+///
+/// The test command builds every binary before it runs the suites; a missing
+/// one is reported with the command that builds it.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let binary = profile_dir.join(name);
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        binary.display()
+    );
+    binary
+}
+
+/// A process-wide unique, id-safe name, so parallel tests never share a
+/// container id or cgroup.
+pub fn unique_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -79,8 +79,18 @@ impl Output {
         });
     }
 
-    /// Waits until the stream has been read to its end; returns its byte count.
+    /// Waits until an attached stream has been read to its end and returns
+    /// its byte count. A stream nobody has attached counts as 0 and is not
+    /// waited for: its bytes stay in the pipe for a later reader.
     pub async fn drained(&self) -> u64 {
+        if self
+            .source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
+            return 0;
+        }
         let mut rx = self.drained.subscribe();
         match rx.wait_for(Option::is_some).await {
             Ok(bytes) => bytes.unwrap_or(0),

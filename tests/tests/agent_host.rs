@@ -1,0 +1,284 @@
+//! The guest agent on the host: a real `hull-agent` over a Unix socket, real
+//! libcontainer containers on a busybox root filesystem. Needs root.
+
+use hull_proto::v1 as api;
+use hull_tests::agent::{TestAgent, pipes, process_ref};
+use hull_tests::{spec, unique_id};
+
+#[tokio::test]
+async fn exit_codes_and_separate_streams() {
+    let mut agent = TestAgent::start().await;
+
+    let hi = agent.run(&["echo", "hi"]).await;
+    assert_eq!(hi.stdout, b"hi\n", "agent log:\n{}", agent.log());
+    assert_eq!(hi.wait.exit_status, 0);
+
+    let seven = agent.run(&["sh", "-c", "exit 7"]).await;
+    assert_eq!(seven.wait.exit_status, 7);
+
+    let both = agent.run(&["sh", "-c", "echo out; echo err >&2"]).await;
+    assert_eq!(both.stdout, b"out\n");
+    assert_eq!(both.stderr, b"err\n");
+    assert_eq!((both.wait.stdout_bytes, both.wait.stderr_bytes), (4, 4));
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+#[tokio::test]
+async fn ten_mib_of_stdout_arrive_byte_exact_before_wait_returns() {
+    const SIZE: usize = 10 * 1024 * 1024;
+    let mut agent = TestAgent::start().await;
+    let id = unique_id("bulk");
+    // The container keeps a copy of what it writes, so the bytes can be
+    // compared with what it really produced, not with a pattern.
+    let script = format!("head -c {SIZE} /dev/urandom > /data/sent; cat /data/sent");
+    let finished = agent.run_container(&id, &spec::simple(&["sh", "-c", &script])).await;
+    assert_eq!(finished.wait.exit_status, 0, "agent log:\n{}", agent.log());
+    // The agent counted every byte into the stream before it answered Wait.
+    assert_eq!(finished.wait.stdout_bytes, SIZE as u64);
+    let sent = std::fs::read(agent.dir.path().join("rootfs").join(&id).join("data/sent"))
+        .expect("the container's copy");
+    assert_eq!(finished.stdout.len(), SIZE);
+    assert_eq!(sha256(&finished.stdout), sha256(&sent));
+    agent.remove(&id, false).await.expect("remove");
+}
+
+#[tokio::test]
+async fn output_is_complete_when_removed_right_after_wait() {
+    let mut agent = TestAgent::start().await;
+    let id = unique_id("drain");
+    let rootfs = agent.rootfs(&id);
+    // A background child keeps stdout open after the main process exits, so
+    // the last line only arrives after the exit.
+    let script = "(sleep 0.3; echo late) & echo early";
+    let spec = spec::container(&["sh", "-c", script], "", &[spec::Namespace::new("mount")]);
+    let stdout_only = Some(api::Stdio {
+        stdout: true,
+        ..Default::default()
+    });
+    agent.create(&id, &spec, &rootfs, stdout_only).await.expect("create");
+    let stdout = agent.read_output(&id, "", api::OutputStream::Stdout).await;
+    agent.start_container(&id).await.expect("start");
+    let wait = agent.wait(&id, "").await;
+    agent.remove(&id, true).await.expect("remove");
+    assert_eq!(stdout.await.expect("reader"), b"early\nlate\n");
+    assert_eq!(wait.stdout_bytes, 11);
+}
+
+#[tokio::test]
+async fn stdin_is_echoed_and_close_stdin_ends_it() {
+    const SIZE: usize = 1024 * 1024;
+    let mut agent = TestAgent::start().await;
+    let id = unique_id("cat");
+    let rootfs = agent.rootfs(&id);
+    agent
+        .create(&id, &spec::simple(&["cat"]), &rootfs, pipes(true))
+        .await
+        .expect("create");
+    let stdout = agent.read_output(&id, "", api::OutputStream::Stdout).await;
+    agent.start_container(&id).await.expect("start");
+
+    let input: Vec<u8> = (0..SIZE).map(|i| (i * 7 + i / 4096) as u8).collect();
+    let chunks: Vec<api::StdinChunk> = input
+        .chunks(32 * 1024)
+        .enumerate()
+        .map(|(index, data)| api::StdinChunk {
+            process: if index == 0 { process_ref(&id, "") } else { None },
+            data: data.to_vec(),
+        })
+        .collect();
+    let written = agent
+        .client
+        .write_stdin(futures::stream::iter(chunks))
+        .await
+        .expect("write stdin")
+        .into_inner();
+    assert_eq!(written.bytes_written, SIZE as u64);
+    agent
+        .client
+        .close_stdin(api::CloseStdinRequest {
+            process: process_ref(&id, ""),
+        })
+        .await
+        .expect("close stdin");
+    let wait = agent.wait(&id, "").await;
+    assert_eq!(wait.exit_status, 0);
+    let echoed = stdout.await.expect("reader");
+    assert_eq!(echoed.len(), SIZE);
+    assert_eq!(sha256(&echoed), sha256(&input));
+    agent.remove(&id, false).await.expect("remove");
+}
+
+#[tokio::test]
+async fn tty_size_follows_resize() {
+    let mut agent = TestAgent::start().await;
+    let id = unique_id("tty");
+    let rootfs = agent.rootfs(&id);
+    let stdio = Some(api::Stdio {
+        stdin: true,
+        stdout: true,
+        stderr: false,
+        terminal: true,
+    });
+    agent
+        .create(&id, &spec::simple(&["stty", "size"]), &rootfs, stdio)
+        .await
+        .unwrap_or_else(|err| panic!("create: {err}\nagent log:\n{}", agent.log()));
+    agent
+        .client
+        .resize_tty(api::ResizeTtyRequest {
+            process: process_ref(&id, ""),
+            rows: 33,
+            cols: 111,
+        })
+        .await
+        .expect("resize");
+    let stdout = agent.read_output(&id, "", api::OutputStream::Stdout).await;
+    agent.start_container(&id).await.expect("start");
+    let wait = agent.wait(&id, "").await;
+    assert_eq!(wait.exit_status, 0);
+    // A tty turns "\n" into "\r\n".
+    assert_eq!(String::from_utf8_lossy(&stdout.await.expect("reader")), "33 111\r\n");
+
+    // Resizing a process without a tty names it.
+    let plain = unique_id("notty");
+    let rootfs = agent.rootfs(&plain);
+    agent
+        .create(&plain, &spec::simple(&["true"]), &rootfs, pipes(false))
+        .await
+        .expect("create");
+    let err = agent
+        .client
+        .resize_tty(api::ResizeTtyRequest {
+            process: process_ref(&plain, ""),
+            rows: 1,
+            cols: 1,
+        })
+        .await
+        .expect_err("no tty");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains(&plain), "{}", err.message());
+    agent.remove(&id, false).await.expect("remove");
+    agent.remove(&plain, true).await.expect("remove");
+}
+
+#[tokio::test]
+async fn exec_sees_the_container_pid_namespace_and_files() {
+    let mut agent = TestAgent::start().await;
+    let id = unique_id("exec");
+    let rootfs = agent.rootfs(&id);
+    let init_pid = agent
+        .create(
+            &id,
+            &spec::simple(&["sh", "-c", "echo marker > /tmp/m; exec sleep 1000"]),
+            &rootfs,
+            pipes(false),
+        )
+        .await
+        .expect("create");
+    agent.start_container(&id).await.expect("start");
+    // Wait until the init has written its file and become `sleep`.
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = agent
+            .exec(&id, &unique_id("probe"), &["sh", "-c", "cat /tmp/m; cat /proc/1/comm"])
+            .await
+            .stdout_text();
+        if seen == "marker\nsleep\n" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, "marker\nsleep\n");
+
+    let ns = agent
+        .exec(&id, "ns", &["sh", "-c", "readlink /proc/self/ns/pid; readlink /proc/self/ns/mnt"])
+        .await;
+    let expected = format!(
+        "{}\n{}\n",
+        std::fs::read_link(format!("/proc/{init_pid}/ns/pid")).expect("ns").display(),
+        std::fs::read_link(format!("/proc/{init_pid}/ns/mnt")).expect("ns").display()
+    );
+    assert_eq!(ns.stdout_text(), expected);
+    assert_eq!(ns.wait.exit_status, 0);
+    agent.remove(&id, true).await.expect("remove");
+}
+
+#[tokio::test]
+async fn sigterm_and_sigkill() {
+    let mut agent = TestAgent::start().await;
+    let id = unique_id("sig");
+    let rootfs = agent.rootfs(&id);
+    agent
+        .create(&id, &spec::simple(&["sleep", "1000"]), &rootfs, None)
+        .await
+        .expect("create");
+    agent.start_container(&id).await.expect("start");
+
+    // The init of a PID namespace ignores SIGTERM without a handler, as in
+    // any container runtime; an exec'd `sleep` does not.
+    agent
+        .client
+        .exec_process(api::ExecProcessRequest {
+            container_id: id.clone(),
+            exec_id: "sleeper".into(),
+            process_json: serde_json::to_vec(&spec::process(&["sleep", "1000"])).expect("json"),
+            stdio: None,
+        })
+        .await
+        .expect("exec");
+    let signal = |exec_id: &str, signal: u32| api::SignalProcessRequest {
+        process: process_ref(&id, exec_id),
+        signal,
+        all: false,
+    };
+    agent.client.signal_process(signal("sleeper", 15)).await.expect("SIGTERM");
+    assert_eq!(agent.wait(&id, "sleeper").await.exit_status, 143);
+
+    agent.client.signal_process(signal("", 9)).await.expect("SIGKILL");
+    assert_eq!(agent.wait(&id, "").await.exit_status, 137);
+    agent.remove(&id, false).await.expect("remove");
+}
+
+#[tokio::test]
+async fn containers_share_the_namespaces_their_specs_name() {
+    let mut agent = TestAgent::start().await;
+    let first = unique_id("pod-a");
+    let rootfs = agent.rootfs(&first);
+    let first_pid = agent
+        .create(&first, &spec::container(&["sleep", "1000"], "pod-a", &spec::own_namespaces()), &rootfs, None)
+        .await
+        .expect("create first");
+    agent.start_container(&first).await.expect("start first");
+
+    let second = unique_id("pod-b");
+    let joined = [
+        spec::Namespace::join("uts", first_pid),
+        spec::Namespace::join("ipc", first_pid),
+        spec::Namespace::join("network", first_pid),
+        spec::Namespace::new("pid"),
+        spec::Namespace::new("mount"),
+    ];
+    let script = "hostname; for ns in uts ipc net mnt; do readlink /proc/self/ns/$ns; done";
+    let second_spec = spec::container(&["sh", "-c", script], "", &joined);
+    let finished = agent.run_container(&second, &second_spec).await;
+    assert_eq!(finished.wait.exit_status, 0, "{}", String::from_utf8_lossy(&finished.stderr));
+
+    let link = |ns: &str| {
+        std::fs::read_link(format!("/proc/{first_pid}/ns/{ns}"))
+            .expect("ns link")
+            .display()
+            .to_string()
+    };
+    let lines: Vec<String> = finished.stdout_text().lines().map(str::to_owned).collect();
+    assert_eq!(lines[0], "pod-a");
+    assert_eq!(lines[1], link("uts"));
+    assert_eq!(lines[2], link("ipc"));
+    assert_eq!(lines[3], link("net"));
+    assert_ne!(lines[4], link("mnt"), "the mount namespace was not shared");
+    agent.remove(&second, false).await.expect("remove");
+    agent.remove(&first, true).await.expect("remove");
+}
