@@ -122,7 +122,11 @@ pub fn pids(dir: &Path) -> std::io::Result<Vec<u32>> {
     let mut pending: Vec<PathBuf> = vec![dir.to_owned()];
     while let Some(dir) = pending.pop() {
         let procs = std::fs::read_to_string(dir.join("cgroup.procs"))?;
-        pids.extend(procs.lines().filter_map(|line| line.trim().parse::<u32>().ok()));
+        pids.extend(
+            procs
+                .lines()
+                .filter_map(|line| line.trim().parse::<u32>().ok()),
+        );
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
             if entry.file_type()?.is_dir() {
@@ -162,8 +166,11 @@ mod tests {
         std::fs::write(dir.path().join("cpu.stat"), "usage_usec 5\n").expect("write");
         std::fs::write(dir.path().join("memory.current"), "4096\n").expect("write");
         std::fs::write(dir.path().join("memory.max"), "max\n").expect("write");
-        std::fs::write(dir.path().join("memory.events"), "low 0\noom 1\noom_kill 2\n")
-            .expect("write");
+        std::fs::write(
+            dir.path().join("memory.events"),
+            "low 0\noom 1\noom_kill 2\n",
+        )
+        .expect("write");
         let stats = stats(dir.path()).expect("stats");
         assert_eq!(stats.cpu.map(|c| c.usage_usec), Some(5));
         let memory = stats.memory.expect("memory");

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use hull_proto::v1 as api;
 
-/// `statfs` magic of a cgroup2 mount.
+/// `statfs` magic of a cgroup2 mount (x86_64 and aarch64 report `f_type` as i64).
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 pub fn details(cgroup_root: &Path, pid1: bool) -> api::GuestDetailsResponse {
@@ -33,7 +33,7 @@ fn memory_total() -> Option<u64> {
 
 fn cgroup_mode(cgroup_root: &Path) -> &'static str {
     match rustix::fs::statfs(cgroup_root) {
-        Ok(stat) if stat.f_type as i64 == CGROUP2_SUPER_MAGIC => "v2",
+        Ok(stat) if stat.f_type == CGROUP2_SUPER_MAGIC => "v2",
         Ok(_) => "v1",
         Err(_) => "none",
     }

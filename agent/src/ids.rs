@@ -20,7 +20,10 @@ pub fn validate(field: &str, id: &str) -> Result<()> {
         ));
     }
     if id.starts_with('.') {
-        return Err(AgentError::invalid(field, format!("{id:?} starts with '.'")));
+        return Err(AgentError::invalid(
+            field,
+            format!("{id:?} starts with '.'"),
+        ));
     }
     if let Some(bad) = id
         .chars()

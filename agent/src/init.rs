@@ -36,18 +36,48 @@ const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
 
 /// In mount order: each target lies on a filesystem mounted before it.
 const KERNEL_MOUNTS: &[KernelMount] = &[
-    KernelMount { fstype: "proc", target: "/proc", flags: NOSUID_NODEV_NOEXEC, data: None },
-    KernelMount { fstype: "sysfs", target: "/sys", flags: NOSUID_NODEV_NOEXEC, data: None },
-    KernelMount { fstype: "devtmpfs", target: "/dev", flags: MsFlags::MS_NOSUID, data: Some("mode=0755") },
+    KernelMount {
+        fstype: "proc",
+        target: "/proc",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: None,
+    },
+    KernelMount {
+        fstype: "sysfs",
+        target: "/sys",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: None,
+    },
+    KernelMount {
+        fstype: "devtmpfs",
+        target: "/dev",
+        flags: MsFlags::MS_NOSUID,
+        data: Some("mode=0755"),
+    },
     KernelMount {
         fstype: "devpts",
         target: "/dev/pts",
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
         data: Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     },
-    KernelMount { fstype: "tmpfs", target: "/dev/shm", flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV), data: Some("mode=1777") },
-    KernelMount { fstype: "tmpfs", target: "/run", flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV), data: Some("mode=0755") },
-    KernelMount { fstype: "cgroup2", target: "/sys/fs/cgroup", flags: NOSUID_NODEV_NOEXEC, data: Some("nsdelegate") },
+    KernelMount {
+        fstype: "tmpfs",
+        target: "/dev/shm",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: Some("mode=1777"),
+    },
+    KernelMount {
+        fstype: "tmpfs",
+        target: "/run",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: Some("mode=0755"),
+    },
+    KernelMount {
+        fstype: "cgroup2",
+        target: "/sys/fs/cgroup",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: Some("nsdelegate"),
+    },
 ];
 
 /// Mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /run and cgroup2, and
@@ -87,7 +117,10 @@ fn enable_cgroup_controllers(root: &Path) {
         return;
     };
     for controller in available.split_whitespace() {
-        if let Err(err) = std::fs::write(root.join("cgroup.subtree_control"), format!("+{controller}")) {
+        if let Err(err) = std::fs::write(
+            root.join("cgroup.subtree_control"),
+            format!("+{controller}"),
+        ) {
             tracing::warn!(controller, %err, "cannot enable cgroup controller");
         }
     }

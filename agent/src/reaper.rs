@@ -81,7 +81,10 @@ impl Reaper {
         command: &mut Command,
     ) -> std::io::Result<(Child, oneshot::Receiver<ExitStatus>)> {
         let child = {
-            let _no_reaping = self.spawn_guard.read().unwrap_or_else(PoisonError::into_inner);
+            let _no_reaping = self
+                .spawn_guard
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
             command.spawn()?
         };
         let exit = self.watch(child.id() as i32);
@@ -103,7 +106,10 @@ impl Reaper {
     }
 
     fn reap_all(&self) {
-        let _reaping = self.spawn_guard.write().unwrap_or_else(PoisonError::into_inner);
+        let _reaping = self
+            .spawn_guard
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
@@ -156,6 +162,8 @@ mod tests {
             .expect("spawn");
         assert_eq!(exit.await.expect("status"), ExitStatus(143));
 
+        // The reaper is what waits for it; that is the point of the test.
+        #[allow(clippy::zombie_processes)]
         let child = Command::new("true").spawn().expect("spawn");
         let pid = child.id() as i32;
         let mut reaped_early = false;

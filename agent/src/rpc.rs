@@ -151,9 +151,9 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<Streaming<api::StdinChunk>>,
     ) -> RpcResult<api::WriteStdinResponse> {
-        let chunks = request
-            .into_inner()
-            .map(|chunk| chunk.map_err(|status| AgentError::Runtime(format!("stdin stream: {status}"))));
+        let chunks = request.into_inner().map(|chunk| {
+            chunk.map_err(|status| AgentError::Runtime(format!("stdin stream: {status}")))
+        });
         answer(self.0.write_stdin(chunks).await)
     }
 

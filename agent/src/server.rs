@@ -90,21 +90,25 @@ async fn serve_until(
     let router = tonic::transport::Server::builder().add_service(service);
     match listen {
         Listen::Vsock(port) => {
-            let listener = VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, port)).map_err(|source| {
-                ServeError::Bind {
-                    address: format!("vsock:{port}"),
-                    source,
-                }
-            })?;
+            let listener =
+                VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, port)).map_err(|source| {
+                    ServeError::Bind {
+                        address: format!("vsock:{port}"),
+                        source,
+                    }
+                })?;
             tracing::info!(port, "serving on vsock");
-            router.serve_with_incoming_shutdown(listener.incoming(), stop).await?;
+            router
+                .serve_with_incoming_shutdown(listener.incoming(), stop)
+                .await?;
         }
         Listen::Unix(path) => {
             let _ = std::fs::remove_file(&path);
-            let listener = tokio::net::UnixListener::bind(&path).map_err(|source| ServeError::Bind {
-                address: format!("unix:{}", path.display()),
-                source,
-            })?;
+            let listener =
+                tokio::net::UnixListener::bind(&path).map_err(|source| ServeError::Bind {
+                    address: format!("unix:{}", path.display()),
+                    source,
+                })?;
             tracing::info!(path = %path.display(), "serving on a Unix socket");
             router
                 .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
@@ -120,7 +124,10 @@ mod tests {
 
     #[test]
     fn parses_listen_addresses() {
-        assert_eq!("vsock:1024".parse::<Listen>().ok(), Some(Listen::Vsock(1024)));
+        assert_eq!(
+            "vsock:1024".parse::<Listen>().ok(),
+            Some(Listen::Vsock(1024))
+        );
         assert_eq!(
             "unix:/run/a.sock".parse::<Listen>().ok(),
             Some(Listen::Unix("/run/a.sock".into()))

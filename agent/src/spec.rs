@@ -93,7 +93,9 @@ pub fn container_spec(
             .map_err(|err| AgentError::invalid(format!("{FIELD}.linux"), err.to_string()))?,
     };
     if linux.cgroups_path().is_none() {
-        linux.set_cgroups_path(Some(PathBuf::from(format!("{CGROUP_PARENT}/{container_id}"))));
+        linux.set_cgroups_path(Some(PathBuf::from(format!(
+            "{CGROUP_PARENT}/{container_id}"
+        ))));
     }
     spec.set_linux(Some(linux));
     Ok(spec)
@@ -136,18 +138,36 @@ mod tests {
     fn names_the_bad_field() {
         let dir = rootfs();
         let root = dir.path().to_str().expect("utf-8");
-        let err = container_spec("c", br#"{"ociVersion":"1.0.2","process":{"args":"sh"}}"#, root, false)
+        let err = container_spec(
+            "c",
+            br#"{"ociVersion":"1.0.2","process":{"args":"sh"}}"#,
+            root,
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("oci_spec_json.process.args: invalid type"),
+            "{err}"
+        );
+
+        let err = container_spec("c", b"{not json", root, false)
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("oci_spec_json.process.args: invalid type"), "{err}");
-
-        let err = container_spec("c", b"{not json", root, false).unwrap_err().to_string();
         assert!(err.starts_with("oci_spec_json: "), "{err}");
 
-        let err = container_spec("c", br#"{"ociVersion":"1.0.2","process":{"args":[],"cwd":"/","user":{"uid":0,"gid":0}}}"#, root, false)
-            .unwrap_err()
-            .to_string();
-        assert_eq!(err, "oci_spec_json.process.args: must name the program to run");
+        let err = container_spec(
+            "c",
+            br#"{"ociVersion":"1.0.2","process":{"args":[],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
+            root,
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "oci_spec_json.process.args: must name the program to run"
+        );
     }
 
     #[test]
@@ -155,7 +175,10 @@ mod tests {
         let err = container_spec("c", br#"{"ociVersion":"1.0.2"}"#, "/no/such/rootfs", false)
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("rootfs: /no/such/rootfs does not exist"), "{err}");
+        assert!(
+            err.starts_with("rootfs: /no/such/rootfs does not exist"),
+            "{err}"
+        );
         let err = container_spec("c", br#"{"ociVersion":"1.0.2"}"#, "relative", false)
             .unwrap_err()
             .to_string();
@@ -173,8 +196,14 @@ mod tests {
             true,
         )
         .expect("valid spec");
-        assert_eq!(spec.root().as_ref().map(|r| r.path().clone()), Some(PathBuf::from(root)));
-        assert_eq!(spec.process().as_ref().and_then(|p| p.terminal()), Some(true));
+        assert_eq!(
+            spec.root().as_ref().map(|r| r.path().clone()),
+            Some(PathBuf::from(root))
+        );
+        assert_eq!(
+            spec.process().as_ref().and_then(|p| p.terminal()),
+            Some(true)
+        );
         assert_eq!(
             cgroup_dir(&spec, Path::new("/sys/fs/cgroup")),
             PathBuf::from("/sys/fs/cgroup/hull/c9")

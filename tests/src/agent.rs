@@ -69,18 +69,32 @@ pub fn pipes(stdin: bool) -> Option<api::Stdio> {
 }
 
 impl TestAgent {
+    /// Starts the workspace's debug build of the agent.
     pub async fn start() -> Self {
+        Self::start_binary(&crate::workspace_binary("hull-agent")).await
+    }
+
+    /// Starts the given agent executable.
+    pub async fn start_binary(agent: &Path) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("hull-agent-")
             .tempdir()
             .expect("temp dir");
         let socket = dir.path().join("agent.sock");
         let state = dir.path().join("state");
-        let agent = crate::workspace_binary("hull-agent");
         let log = std::fs::File::create(dir.path().join("agent.log")).expect("agent log");
         let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c", LAUNCH, "launch"])
-            .arg(&agent)
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                LAUNCH,
+                "launch",
+            ])
+            .arg(agent)
             .arg("serve")
             .arg(format!("--listen=unix:{}", socket.display()))
             .arg(format!("--state-dir={}", state.display()))
@@ -194,8 +208,12 @@ impl TestAgent {
         self.create(container_id, spec, &rootfs, pipes(false))
             .await
             .expect("create");
-        let stdout = self.read_output(container_id, "", api::OutputStream::Stdout).await;
-        let stderr = self.read_output(container_id, "", api::OutputStream::Stderr).await;
+        let stdout = self
+            .read_output(container_id, "", api::OutputStream::Stdout)
+            .await;
+        let stderr = self
+            .read_output(container_id, "", api::OutputStream::Stderr)
+            .await;
         self.start_container(container_id).await.expect("start");
         let wait = self.wait(container_id, "").await;
         Finished {
@@ -224,8 +242,12 @@ impl TestAgent {
             })
             .await
             .expect("exec");
-        let stdout = self.read_output(container_id, exec_id, api::OutputStream::Stdout).await;
-        let stderr = self.read_output(container_id, exec_id, api::OutputStream::Stderr).await;
+        let stdout = self
+            .read_output(container_id, exec_id, api::OutputStream::Stdout)
+            .await;
+        let stderr = self
+            .read_output(container_id, exec_id, api::OutputStream::Stderr)
+            .await;
         let wait = self.wait(container_id, exec_id).await;
         Finished {
             stdout: stdout.await.expect("stdout reader"),

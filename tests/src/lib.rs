@@ -27,6 +27,23 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     binary
 }
 
+/// The statically linked agent that goes into the guest initramfs, as
+/// `scripts/build-agent-static.sh` builds it.
+pub fn static_agent() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let target_dir = exe
+        .ancestors()
+        .nth(3)
+        .expect("test executable lives in <target>/<profile>/deps");
+    let binary = target_dir.join("x86_64-unknown-linux-gnu/release/hull-agent");
+    assert!(
+        binary.exists(),
+        "{} is missing: run scripts/build-agent-static.sh first",
+        binary.display()
+    );
+    binary
+}
+
 /// A process-wide unique, id-safe name, so parallel tests never share a
 /// container id or cgroup.
 pub fn unique_id(prefix: &str) -> String {

@@ -35,7 +35,9 @@ async fn ten_mib_of_stdout_arrive_byte_exact_before_wait_returns() {
     // The container keeps a copy of what it writes, so the bytes can be
     // compared with what it really produced, not with a pattern.
     let script = format!("head -c {SIZE} /dev/urandom > /data/sent; cat /data/sent");
-    let finished = agent.run_container(&id, &spec::simple(&["sh", "-c", &script])).await;
+    let finished = agent
+        .run_container(&id, &spec::simple(&["sh", "-c", &script]))
+        .await;
     assert_eq!(finished.wait.exit_status, 0, "agent log:\n{}", agent.log());
     // The agent counted every byte into the stream before it answered Wait.
     assert_eq!(finished.wait.stdout_bytes, SIZE as u64);
@@ -59,7 +61,10 @@ async fn output_is_complete_when_removed_right_after_wait() {
         stdout: true,
         ..Default::default()
     });
-    agent.create(&id, &spec, &rootfs, stdout_only).await.expect("create");
+    agent
+        .create(&id, &spec, &rootfs, stdout_only)
+        .await
+        .expect("create");
     let stdout = agent.read_output(&id, "", api::OutputStream::Stdout).await;
     agent.start_container(&id).await.expect("start");
     let wait = agent.wait(&id, "").await;
@@ -86,7 +91,11 @@ async fn stdin_is_echoed_and_close_stdin_ends_it() {
         .chunks(32 * 1024)
         .enumerate()
         .map(|(index, data)| api::StdinChunk {
-            process: if index == 0 { process_ref(&id, "") } else { None },
+            process: if index == 0 {
+                process_ref(&id, "")
+            } else {
+                None
+            },
             data: data.to_vec(),
         })
         .collect();
@@ -141,7 +150,10 @@ async fn tty_size_follows_resize() {
     let wait = agent.wait(&id, "").await;
     assert_eq!(wait.exit_status, 0);
     // A tty turns "\n" into "\r\n".
-    assert_eq!(String::from_utf8_lossy(&stdout.await.expect("reader")), "33 111\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&stdout.await.expect("reader")),
+        "33 111\r\n"
+    );
 
     // Resizing a process without a tty names it.
     let plain = unique_id("notty");
@@ -184,7 +196,11 @@ async fn exec_sees_the_container_pid_namespace_and_files() {
     let mut seen = String::new();
     for _ in 0..100 {
         seen = agent
-            .exec(&id, &unique_id("probe"), &["sh", "-c", "cat /tmp/m; cat /proc/1/comm"])
+            .exec(
+                &id,
+                &unique_id("probe"),
+                &["sh", "-c", "cat /tmp/m; cat /proc/1/comm"],
+            )
             .await
             .stdout_text();
         if seen == "marker\nsleep\n" {
@@ -195,12 +211,24 @@ async fn exec_sees_the_container_pid_namespace_and_files() {
     assert_eq!(seen, "marker\nsleep\n");
 
     let ns = agent
-        .exec(&id, "ns", &["sh", "-c", "readlink /proc/self/ns/pid; readlink /proc/self/ns/mnt"])
+        .exec(
+            &id,
+            "ns",
+            &[
+                "sh",
+                "-c",
+                "readlink /proc/self/ns/pid; readlink /proc/self/ns/mnt",
+            ],
+        )
         .await;
     let expected = format!(
         "{}\n{}\n",
-        std::fs::read_link(format!("/proc/{init_pid}/ns/pid")).expect("ns").display(),
-        std::fs::read_link(format!("/proc/{init_pid}/ns/mnt")).expect("ns").display()
+        std::fs::read_link(format!("/proc/{init_pid}/ns/pid"))
+            .expect("ns")
+            .display(),
+        std::fs::read_link(format!("/proc/{init_pid}/ns/mnt"))
+            .expect("ns")
+            .display()
     );
     assert_eq!(ns.stdout_text(), expected);
     assert_eq!(ns.wait.exit_status, 0);
@@ -235,10 +263,18 @@ async fn sigterm_and_sigkill() {
         signal,
         all: false,
     };
-    agent.client.signal_process(signal("sleeper", 15)).await.expect("SIGTERM");
+    agent
+        .client
+        .signal_process(signal("sleeper", 15))
+        .await
+        .expect("SIGTERM");
     assert_eq!(agent.wait(&id, "sleeper").await.exit_status, 143);
 
-    agent.client.signal_process(signal("", 9)).await.expect("SIGKILL");
+    agent
+        .client
+        .signal_process(signal("", 9))
+        .await
+        .expect("SIGKILL");
     assert_eq!(agent.wait(&id, "").await.exit_status, 137);
     agent.remove(&id, false).await.expect("remove");
 }
@@ -249,7 +285,12 @@ async fn containers_share_the_namespaces_their_specs_name() {
     let first = unique_id("pod-a");
     let rootfs = agent.rootfs(&first);
     let first_pid = agent
-        .create(&first, &spec::container(&["sleep", "1000"], "pod-a", &spec::own_namespaces()), &rootfs, None)
+        .create(
+            &first,
+            &spec::container(&["sleep", "1000"], "pod-a", &spec::own_namespaces()),
+            &rootfs,
+            None,
+        )
         .await
         .expect("create first");
     agent.start_container(&first).await.expect("start first");
@@ -265,7 +306,12 @@ async fn containers_share_the_namespaces_their_specs_name() {
     let script = "hostname; for ns in uts ipc net mnt; do readlink /proc/self/ns/$ns; done";
     let second_spec = spec::container(&["sh", "-c", script], "", &joined);
     let finished = agent.run_container(&second, &second_spec).await;
-    assert_eq!(finished.wait.exit_status, 0, "{}", String::from_utf8_lossy(&finished.stderr));
+    assert_eq!(
+        finished.wait.exit_status,
+        0,
+        "{}",
+        String::from_utf8_lossy(&finished.stderr)
+    );
 
     let link = |ns: &str| {
         std::fs::read_link(format!("/proc/{first_pid}/ns/{ns}"))

@@ -28,14 +28,18 @@ async fn bad_input_is_named_and_the_agent_keeps_serving() {
     let mut bad_spec = spec::simple(&["true"]);
     bad_spec["process"]["args"] = serde_json::json!("not-a-list");
     assert_status(
-        agent.create(&unique_id("c"), &bad_spec, &rootfs, None).await,
+        agent
+            .create(&unique_id("c"), &bad_spec, &rootfs, None)
+            .await,
         Code::InvalidArgument,
         "oci_spec_json.process.args",
     );
     let mut empty_args = spec::simple(&["true"]);
     empty_args["process"]["args"] = serde_json::json!([]);
     assert_status(
-        agent.create(&unique_id("c"), &empty_args, &rootfs, None).await,
+        agent
+            .create(&unique_id("c"), &empty_args, &rootfs, None)
+            .await,
         Code::InvalidArgument,
         "oci_spec_json.process.args",
     );
@@ -43,7 +47,12 @@ async fn bad_input_is_named_and_the_agent_keeps_serving() {
     // A missing rootfs.
     assert_status(
         agent
-            .create(&unique_id("c"), &spec::simple(&["true"]), Path::new("/no/such/rootfs"), None)
+            .create(
+                &unique_id("c"),
+                &spec::simple(&["true"]),
+                Path::new("/no/such/rootfs"),
+                None,
+            )
             .await,
         Code::InvalidArgument,
         "rootfs: /no/such/rootfs does not exist",
@@ -51,7 +60,9 @@ async fn bad_input_is_named_and_the_agent_keeps_serving() {
 
     // An id that could escape the state directory.
     assert_status(
-        agent.create("../escape", &spec::simple(&["true"]), &rootfs, None).await,
+        agent
+            .create("../escape", &spec::simple(&["true"]), &rootfs, None)
+            .await,
         Code::InvalidArgument,
         "container_id",
     );
@@ -63,13 +74,19 @@ async fn bad_input_is_named_and_the_agent_keeps_serving() {
         .await
         .expect("first create");
     assert_status(
-        agent.create(&id, &spec::simple(&["true"]), &rootfs, None).await,
+        agent
+            .create(&id, &spec::simple(&["true"]), &rootfs, None)
+            .await,
         Code::AlreadyExists,
         &id,
     );
 
     // An unknown id, for a container and for an exec.
-    assert_status(agent.start_container("nope").await, Code::NotFound, "\"nope\"");
+    assert_status(
+        agent.start_container("nope").await,
+        Code::NotFound,
+        "\"nope\"",
+    );
     let unknown_exec = agent
         .client
         .wait_process(api::WaitProcessRequest {
@@ -90,7 +107,11 @@ async fn bad_input_is_named_and_the_agent_keeps_serving() {
             stdio: None,
         })
         .await;
-    assert_status(exec, Code::FailedPrecondition, &format!("{id:?}: it is stopped"));
+    assert_status(
+        exec,
+        Code::FailedPrecondition,
+        &format!("{id:?}: it is stopped"),
+    );
     let signal = agent
         .client
         .signal_process(api::SignalProcessRequest {
@@ -99,12 +120,21 @@ async fn bad_input_is_named_and_the_agent_keeps_serving() {
             all: false,
         })
         .await;
-    assert_status(signal, Code::NotFound, &format!("process {id}/init has already exited"));
+    assert_status(
+        signal,
+        Code::NotFound,
+        &format!("process {id}/init has already exited"),
+    );
 
     // A bad exec spec names its field too.
     let running = unique_id("running");
     agent
-        .create(&running, &spec::simple(&["sleep", "1000"]), &agent.rootfs(&running), None)
+        .create(
+            &running,
+            &spec::simple(&["sleep", "1000"]),
+            &agent.rootfs(&running),
+            None,
+        )
         .await
         .expect("create");
     agent.start_container(&running).await.expect("start");
@@ -121,12 +151,21 @@ async fn bad_input_is_named_and_the_agent_keeps_serving() {
 
     // An image whose program does not exist fails at create, naming it.
     let missing = agent
-        .create(&unique_id("c"), &spec::simple(&["/bin/no-such-program"]), &rootfs, None)
+        .create(
+            &unique_id("c"),
+            &spec::simple(&["/bin/no-such-program"]),
+            &rootfs,
+            None,
+        )
         .await;
     assert_status(missing, Code::Internal, "no-such-program");
 
     // Removing a running container without force is refused.
-    assert_status(agent.remove(&running, false).await, Code::FailedPrecondition, &running);
+    assert_status(
+        agent.remove(&running, false).await,
+        Code::FailedPrecondition,
+        &running,
+    );
 
     // After all that, the agent still serves valid requests.
     let health = agent
@@ -163,7 +202,12 @@ async fn remove_leaves_no_process_mount_cgroup_or_state() {
     // Background children too, so a leak of anything but the init shows.
     let script = "sleep 1000 & sleep 1000 & exec sleep 1000";
     let init = agent
-        .create(&id, &spec::simple(&["sh", "-c", script]), &rootfs, pipes(false))
+        .create(
+            &id,
+            &spec::simple(&["sh", "-c", script]),
+            &rootfs,
+            pipes(false),
+        )
         .await
         .expect("create");
     agent.start_container(&id).await.expect("start");
@@ -207,18 +251,34 @@ async fn remove_leaves_no_process_mount_cgroup_or_state() {
         let name = entry.expect("entry").file_name();
         if let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) {
             assert!(
-                !mount_points(pid).iter().any(|m| m.starts_with(&rootfs_text)),
+                !mount_points(pid)
+                    .iter()
+                    .any(|m| m.starts_with(&rootfs_text)),
                 "pid {pid} still has the rootfs mounted"
             );
         }
     }
     let cgroup = Path::new("/sys/fs/cgroup/unified/hull").join(&id);
     let cgroup_v2 = Path::new("/sys/fs/cgroup/hull").join(&id);
-    assert!(!cgroup.exists() && !cgroup_v2.exists(), "the cgroup is left");
+    assert!(
+        !cgroup.exists() && !cgroup_v2.exists(),
+        "the cgroup is left"
+    );
     let state = agent.state_dir();
-    assert!(!state.join("bundles").join(&id).exists(), "the bundle is left");
-    assert!(!state.join("runtime").join(&id).exists(), "runtime state is left");
-    assert_eq!(std::fs::read_dir(state.join("tty")).expect("tty dir").count(), 0);
+    assert!(
+        !state.join("bundles").join(&id).exists(),
+        "the bundle is left"
+    );
+    assert!(
+        !state.join("runtime").join(&id).exists(),
+        "runtime state is left"
+    );
+    assert_eq!(
+        std::fs::read_dir(state.join("tty"))
+            .expect("tty dir")
+            .count(),
+        0
+    );
     assert_status(
         agent
             .client
@@ -255,7 +315,11 @@ async fn pause_resume_and_stats() {
     let request = || api::PauseContainerRequest {
         container_id: id.clone(),
     };
-    agent.client.pause_container(request()).await.expect("pause");
+    agent
+        .client
+        .pause_container(request())
+        .await
+        .expect("pause");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let paused_at = count();
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -319,22 +383,38 @@ async fn sandbox_files_and_read_only_shares() {
         .expect("create sandbox")
         .into_inner();
     let resolv = std::fs::read_to_string(&response.resolv_conf_path).expect("resolv.conf");
-    assert_eq!(resolv, "nameserver 10.96.0.10\nsearch svc.cluster.local\noptions ndots:5\n");
+    assert_eq!(
+        resolv,
+        "nameserver 10.96.0.10\nsearch svc.cluster.local\noptions ndots:5\n"
+    );
     let hosts = std::fs::read_to_string(&response.hosts_path).expect("hosts");
-    assert!(hosts.contains("pod-x") && hosts.contains("10.0.0.5 db"), "{hosts}");
+    assert!(
+        hosts.contains("pod-x") && hosts.contains("10.0.0.5 db"),
+        "{hosts}"
+    );
 
     // The share is mounted in the agent's mount namespace, read-only.
     let target_text = target.display().to_string();
-    let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", agent.pid())).expect("mountinfo");
+    let mountinfo =
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", agent.pid())).expect("mountinfo");
     let line = mountinfo
         .lines()
         .find(|line| line.split_whitespace().nth(4) == Some(target_text.as_str()))
         .unwrap_or_else(|| panic!("{target_text} is not mounted:\n{mountinfo}"));
-    assert!(line.split_whitespace().nth(5).is_some_and(|o| o.split(',').any(|o| o == "ro")), "{line}");
+    assert!(
+        line.split_whitespace()
+            .nth(5)
+            .is_some_and(|o| o.split(',').any(|o| o == "ro")),
+        "{line}"
+    );
 
     // A container that binds the share sees the host's file and cannot write.
     let id = unique_id("reader");
-    let mut container = spec::simple(&["sh", "-c", "cat /vol/hello; cat /etc/resolv.conf; echo x > /vol/new"]);
+    let mut container = spec::simple(&[
+        "sh",
+        "-c",
+        "cat /vol/hello; cat /etc/resolv.conf; echo x > /vol/new",
+    ]);
     container["mounts"].as_array_mut().expect("mounts").extend([
         serde_json::json!({"destination": "/vol", "type": "bind", "source": target_text, "options": ["rbind", "ro"]}),
         serde_json::json!({"destination": "/etc/resolv.conf", "type": "bind", "source": response.resolv_conf_path, "options": ["rbind", "ro"]}),
@@ -346,7 +426,10 @@ async fn sandbox_files_and_read_only_shares() {
         "{}",
         String::from_utf8_lossy(&finished.stderr)
     );
-    assert_ne!(finished.wait.exit_status, 0, "the write to a read-only share succeeded");
+    assert_ne!(
+        finished.wait.exit_status, 0,
+        "the write to a read-only share succeeded"
+    );
     assert!(!source.join("new").exists());
     agent.remove(&id, false).await.expect("remove");
 
@@ -370,8 +453,12 @@ async fn sandbox_files_and_read_only_shares() {
         .destroy_sandbox(api::DestroySandboxRequest {})
         .await
         .expect("destroy");
-    let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", agent.pid())).unwrap_or_default();
-    assert!(!mountinfo.contains(&target_text), "the share is still mounted");
+    let mountinfo =
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", agent.pid())).unwrap_or_default();
+    assert!(
+        !mountinfo.contains(&target_text),
+        "the share is still mounted"
+    );
 }
 
 #[tokio::test]

@@ -116,7 +116,9 @@ impl Runtime {
                     "{label}: the runtime helper exited with status {status} without answering"
                 )));
             }
-            Ok(Err(err)) => return Err(AgentError::io(format!("{label}: reading the helper"), err)),
+            Ok(Err(err)) => {
+                return Err(AgentError::io(format!("{label}: reading the helper"), err));
+            }
             Err(_) => {
                 let _ = child.kill();
                 let _ = exit.await;

@@ -93,10 +93,9 @@ fn execute(request: Request) -> Result<Response, String> {
             .map_err(text),
         Operation::Update { resources_json } => {
             let container = load(&root, &container_id)?;
-            let resources: LinuxResources = serde_json::from_slice(
-                &std::fs::read(&resources_json).map_err(text)?,
-            )
-            .map_err(text)?;
+            let resources: LinuxResources =
+                serde_json::from_slice(&std::fs::read(&resources_json).map_err(text)?)
+                    .map_err(text)?;
             let config = container.spec().map_err(text)?;
             let manager = create_cgroup_manager(CgroupConfig {
                 cgroup_path: config.cgroup_path,

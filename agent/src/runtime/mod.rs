@@ -34,14 +34,27 @@ pub enum StdioSetup {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Operation {
-    Create { bundle: PathBuf, stdio: StdioSetup },
+    Create {
+        bundle: PathBuf,
+        stdio: StdioSetup,
+    },
     Start,
-    Exec { process_json: PathBuf, stdio: StdioSetup },
-    Kill { signal: i32, all: bool },
+    Exec {
+        process_json: PathBuf,
+        stdio: StdioSetup,
+    },
+    Kill {
+        signal: i32,
+        all: bool,
+    },
     Pause,
     Resume,
-    Update { resources_json: PathBuf },
-    Delete { force: bool },
+    Update {
+        resources_json: PathBuf,
+    },
+    Delete {
+        force: bool,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -26,7 +26,8 @@ impl Agent {
         ids::validate("container_id", &id)?;
         let stdio = stdio_request(request.stdio.as_ref());
         let reservation = self.containers.reserve(&id)?;
-        let spec = spec::container_spec(&id, &request.oci_spec_json, &request.rootfs, stdio.terminal)?;
+        let spec =
+            spec::container_spec(&id, &request.oci_spec_json, &request.rootfs, stdio.terminal)?;
         let cgroup = spec::cgroup_dir(&spec, &self.config.cgroup_root);
 
         let bundle = self.bundle_dir(&id);
@@ -65,7 +66,9 @@ impl Agent {
         let container = self.container(&request.container_id)?;
         let _operations = container.operations.lock().await;
         container.require("start", &[Status::Created])?;
-        self.runtime.run(&container.id, Operation::Start, None).await?;
+        self.runtime
+            .run(&container.id, Operation::Start, None)
+            .await?;
         container.set_status(Status::Running);
         Ok(api::StartContainerResponse {})
     }
@@ -130,7 +133,9 @@ impl Agent {
         let container = self.container(&request.container_id)?;
         let _operations = container.operations.lock().await;
         container.require("pause", &[Status::Running])?;
-        self.runtime.run(&container.id, Operation::Pause, None).await?;
+        self.runtime
+            .run(&container.id, Operation::Pause, None)
+            .await?;
         container.set_status(Status::Paused);
         Ok(api::PauseContainerResponse {})
     }
@@ -142,7 +147,9 @@ impl Agent {
         let container = self.container(&request.container_id)?;
         let _operations = container.operations.lock().await;
         container.require("resume", &[Status::Paused])?;
-        self.runtime.run(&container.id, Operation::Resume, None).await?;
+        self.runtime
+            .run(&container.id, Operation::Resume, None)
+            .await?;
         container.set_status(Status::Running);
         Ok(api::ResumeContainerResponse {})
     }
@@ -154,7 +161,10 @@ impl Agent {
         let container = self.container(&request.container_id)?;
         let resources = spec::resources(&request.resources_json)?;
         let _operations = container.operations.lock().await;
-        container.require("update", &[Status::Created, Status::Running, Status::Paused])?;
+        container.require(
+            "update",
+            &[Status::Created, Status::Running, Status::Paused],
+        )?;
         let path = container.bundle.join("resources.json");
         let json = serde_json::to_vec(&resources)
             .map_err(|err| AgentError::Runtime(format!("encoding resources: {err}")))?;

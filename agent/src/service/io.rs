@@ -96,9 +96,9 @@ impl Agent {
         let mut written = 0u64;
         let mut data = first.data;
         loop {
-            sink.write_all(&data).await.map_err(|err| {
-                AgentError::io(format!("writing stdin of {}", process.name), err)
-            })?;
+            sink.write_all(&data)
+                .await
+                .map_err(|err| AgentError::io(format!("writing stdin of {}", process.name), err))?;
             written += data.len() as u64;
             match chunks.next().await {
                 Some(chunk) => data = chunk?.data,
@@ -110,7 +110,10 @@ impl Agent {
         })
     }
 
-    pub async fn close_stdin(&self, request: api::CloseStdinRequest) -> Result<api::CloseStdinResponse> {
+    pub async fn close_stdin(
+        &self,
+        request: api::CloseStdinRequest,
+    ) -> Result<api::CloseStdinResponse> {
         let (_, process) = self.process(request.process.as_ref())?;
         process
             .io
@@ -135,8 +138,9 @@ impl Agent {
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
-        rustix::termios::tcsetwinsize(tty, size)
-            .map_err(|err| AgentError::io(format!("resizing the tty of {}", process.name), err.into()))?;
+        rustix::termios::tcsetwinsize(tty, size).map_err(|err| {
+            AgentError::io(format!("resizing the tty of {}", process.name), err.into())
+        })?;
         Ok(api::ResizeTtyResponse {})
     }
 }

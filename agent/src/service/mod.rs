@@ -116,10 +116,10 @@ impl Agent {
         stdio: StdioRequest,
         operation: impl FnOnce(StdioSetup) -> Operation,
     ) -> Result<(i32, ProcessIo)> {
-        let console = self
-            .config
-            .tty_dir()
-            .join(format!("{}.sock", self.next_console.fetch_add(1, Ordering::Relaxed)));
+        let console = self.config.tty_dir().join(format!(
+            "{}.sock",
+            self.next_console.fetch_add(1, Ordering::Relaxed)
+        ));
         match PendingStdio::new(stdio, console)? {
             PendingStdio::Pipes { child, io } => {
                 let pid = self
@@ -133,7 +133,11 @@ impl Agent {
                 let handover = tokio::spawn(socket.receive());
                 let pid = match self
                     .runtime
-                    .run_for_pid(container_id, operation(StdioSetup::ConsoleSocket(path)), None)
+                    .run_for_pid(
+                        container_id,
+                        operation(StdioSetup::ConsoleSocket(path)),
+                        None,
+                    )
                     .await
                 {
                     Ok(pid) => pid,

@@ -26,13 +26,12 @@ impl Agent {
         container.require("exec into", &[Status::Running])?;
         if container.has_exec(&request.exec_id) {
             return Err(AgentError::AlreadyExists {
-                what: format!(
-                    "exec {:?} in container {:?}",
-                    request.exec_id, container.id
-                ),
+                what: format!("exec {:?} in container {:?}", request.exec_id, container.id),
             });
         }
-        let process_json = container.bundle.join(format!("exec-{}.json", request.exec_id));
+        let process_json = container
+            .bundle
+            .join(format!("exec-{}.json", request.exec_id));
         let json = serde_json::to_vec(&process)
             .map_err(|err| AgentError::Runtime(format!("encoding the process: {err}")))?;
         std::fs::write(&process_json, json)

@@ -38,7 +38,10 @@ impl Agent {
         let resolv_conf_path = dir.join("resolv.conf");
         write(&hostname_path, &format!("{}\n", request.hostname))?;
         write(&hosts_path, &hosts_file(&request.hostname, &request.hosts)?)?;
-        write(&resolv_conf_path, &resolv_conf(request.dns.as_ref().unwrap_or(&api::Dns::default()))?)?;
+        write(
+            &resolv_conf_path,
+            &resolv_conf(request.dns.as_ref().unwrap_or(&api::Dns::default()))?,
+        )?;
         if self.config.pid1 && !request.hostname.is_empty() {
             nix::unistd::sethostname(&request.hostname)
                 .map_err(|err| AgentError::io("setting the hostname", err.into()))?;
@@ -110,14 +113,18 @@ fn validate_hostname(hostname: &str) -> Result<()> {
 
 fn no_newline(field: &str, value: &str) -> Result<()> {
     if value.contains(['\n', '\r', '\0']) {
-        Err(AgentError::invalid(field, format!("{value:?} contains a line break")))
+        Err(AgentError::invalid(
+            field,
+            format!("{value:?} contains a line break"),
+        ))
     } else {
         Ok(())
     }
 }
 
 fn hosts_file(hostname: &str, extra: &[String]) -> Result<String> {
-    let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    let mut hosts =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     if !hostname.is_empty() {
         let _ = writeln!(hosts, "127.0.1.1\t{hostname}");
     }
@@ -132,7 +139,10 @@ fn resolv_conf(dns: &api::Dns) -> Result<String> {
     let mut text = String::new();
     for (index, server) in dns.servers.iter().enumerate() {
         server.parse::<std::net::IpAddr>().map_err(|_| {
-            AgentError::invalid(format!("dns.servers[{index}]"), format!("{server:?} is not an IP address"))
+            AgentError::invalid(
+                format!("dns.servers[{index}]"),
+                format!("{server:?} is not an IP address"),
+            )
         })?;
         let _ = writeln!(text, "nameserver {server}");
     }
@@ -155,7 +165,9 @@ fn resolv_conf(dns: &api::Dns) -> Result<String> {
 fn mount_shared(shared: &Path, mount: &api::SharedMount, field: &str) -> Result<PathBuf> {
     let target = Path::new(&mount.target);
     if !target.is_absolute()
-        || target.components().any(|c| matches!(c, Component::ParentDir))
+        || target
+            .components()
+            .any(|c| matches!(c, Component::ParentDir))
         || !target.starts_with(shared)
         || target == shared
     {
@@ -165,12 +177,19 @@ fn mount_shared(shared: &Path, mount: &api::SharedMount, field: &str) -> Result<
         ));
     }
     if mount.fstype.is_empty() {
-        return Err(AgentError::invalid(format!("{field}.fstype"), "must not be empty"));
+        return Err(AgentError::invalid(
+            format!("{field}.fstype"),
+            "must not be empty",
+        ));
     }
     std::fs::create_dir_all(target)
         .map_err(|err| AgentError::io(format!("creating {}", target.display()), err))?;
     let bind = mount.fstype == "bind";
-    let mut flags = if bind { MsFlags::MS_BIND } else { MsFlags::empty() };
+    let mut flags = if bind {
+        MsFlags::MS_BIND
+    } else {
+        MsFlags::empty()
+    };
     if mount.read_only && !bind {
         flags |= MsFlags::MS_RDONLY;
     }
@@ -185,13 +204,18 @@ fn mount_shared(shared: &Path, mount: &api::SharedMount, field: &str) -> Result<
     .map_err(|err| {
         AgentError::invalid(
             field,
-            format!("mounting {} ({}) on {}: {err}", mount.source, mount.fstype, mount.target),
+            format!(
+                "mounting {} ({}) on {}: {err}",
+                mount.source, mount.fstype, mount.target
+            ),
         )
     })?;
     if bind && mount.read_only {
         // A bind mount only becomes read-only through a remount.
         let remount = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        if let Err(err) = nix::mount::mount(None::<&str>, target, None::<&str>, remount, None::<&str>) {
+        if let Err(err) =
+            nix::mount::mount(None::<&str>, target, None::<&str>, remount, None::<&str>)
+        {
             let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
             return Err(AgentError::io(
                 format!("making {} read-only", target.display()),

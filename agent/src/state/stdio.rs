@@ -161,10 +161,7 @@ impl ProcessIo {
 #[derive(Debug)]
 pub enum PendingStdio {
     /// Pipes (or /dev/null): the child's ends go to the runtime helper.
-    Pipes {
-        child: [OwnedFd; 3],
-        io: ProcessIo,
-    },
+    Pipes { child: [OwnedFd; 3], io: ProcessIo },
     /// A tty: the runtime hands its master to this console socket.
     Tty { socket: ConsoleSocket },
 }
