@@ -23,11 +23,23 @@ fn has_interpreter(elf: &[u8]) -> bool {
 async fn the_static_agent_needs_no_loader_and_runs_a_container() {
     let binary = static_agent();
     let elf = std::fs::read(&binary).expect("read the static agent");
-    assert!(!has_interpreter(&elf), "{} is dynamically linked", binary.display());
+    assert!(
+        !has_interpreter(&elf),
+        "{} is dynamically linked",
+        binary.display()
+    );
     let dynamic = std::fs::read(hull_tests::workspace_binary("hull-agent")).expect("read");
-    assert!(has_interpreter(&dynamic), "the ELF check cannot tell the builds apart");
+    assert!(
+        has_interpreter(&dynamic),
+        "the ELF check cannot tell the builds apart"
+    );
 
     let mut agent = TestAgent::start_binary(&binary).await;
     let hello = agent.run(&["echo", "static"]).await;
-    assert_eq!(hello.stdout_text(), "static\n", "agent log:\n{}", agent.log());
+    assert_eq!(
+        hello.stdout_text(),
+        "static\n",
+        "agent log:\n{}",
+        agent.log()
+    );
 }
