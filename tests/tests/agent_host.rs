@@ -328,3 +328,48 @@ async fn containers_share_the_namespaces_their_specs_name() {
     agent.remove(&second, false).await.expect("remove");
     agent.remove(&first, true).await.expect("remove");
 }
+
+#[tokio::test]
+async fn the_spec_sets_user_env_cwd_rlimits_capabilities_and_seccomp() {
+    let mut agent = TestAgent::start().await;
+    let id = unique_id("spec");
+    let script = "id -u; id -g; pwd; echo $GREETING; ulimit -n; \
+                  grep CapEff /proc/self/status | tr -d '\\t'; \
+                  mkdir /tmp/blocked 2>/dev/null && echo mkdir-allowed || echo mkdir-denied";
+    let mut container = spec::simple(&["sh", "-c", script]);
+    let process = &mut container["process"];
+    process["user"] = serde_json::json!({ "uid": 1000, "gid": 1000 });
+    process["cwd"] = serde_json::json!("/tmp");
+    process["env"]
+        .as_array_mut()
+        .expect("env")
+        .push(serde_json::json!("GREETING=hello"));
+    process["rlimits"] = serde_json::json!([{ "type": "RLIMIT_NOFILE", "hard": 512, "soft": 256 }]);
+    process["capabilities"] = serde_json::json!({
+        "bounding": ["CAP_KILL"], "effective": [], "permitted": ["CAP_KILL"],
+    });
+    container["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{ "names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO" }],
+    });
+    let finished = agent.run_container(&id, &container).await;
+    assert_eq!(
+        finished.stdout_text(),
+        "1000\n1000\n/tmp\nhello\n256\nCapEff:0000000000000000\nmkdir-denied\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&finished.stderr)
+    );
+    agent.remove(&id, false).await.expect("remove");
+
+    // The same command without the filter may mkdir: the denial was seccomp's.
+    let id = unique_id("noseccomp");
+    let finished = agent
+        .run_container(
+            &id,
+            &spec::simple(&["sh", "-c", "mkdir /tmp/ok && echo mkdir-allowed"]),
+        )
+        .await;
+    assert_eq!(finished.stdout_text(), "mkdir-allowed\n");
+    agent.remove(&id, false).await.expect("remove");
+}

@@ -160,6 +160,16 @@ async fn bad_input_is_named_and_the_agent_keeps_serving() {
         .await;
     assert_status(missing, Code::Internal, "no-such-program");
 
+    // Bad resources name their field.
+    let update = agent
+        .client
+        .update_container(api::UpdateContainerRequest {
+            container_id: running.clone(),
+            resources_json: br#"{"memory":{"limit":"lots"}}"#.to_vec(),
+        })
+        .await;
+    assert_status(update, Code::InvalidArgument, "resources_json.memory.limit");
+
     // Removing a running container without force is refused.
     assert_status(
         agent.remove(&running, false).await,
