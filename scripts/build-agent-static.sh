@@ -11,4 +11,4 @@ export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static"
 export LIBSECCOMP_LINK_TYPE=static
 export LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
 cargo build --release --locked -p hull-agent --target "$target" "$@"
-echo "target/$target/release/hull-agent"
+echo "${CARGO_TARGET_DIR:-$PWD/target}/$target/release/hull-agent"

@@ -10,6 +10,10 @@ packages=(
   gcc
   util-linux       # unshare, for the agent's test mode
   file
+  qemu-system-x86  # the QEMU backend
+  libcap-ng-dev    # building virtiofsd
+  linux-source-6.1 # the guest kernel, and what building it needs:
+  flex bison bc libelf-dev libssl-dev cpio xz-utils
 )
 
 missing=()
@@ -29,4 +33,22 @@ for tool in cargo rustc cargo-clippy rustfmt; do
     echo "error: $tool is missing; Hull needs a Rust toolchain with clippy and rustfmt" >&2
     exit 1
   }
+done
+
+# virtiofsd and vhost-device-vsock come from crates.io at pinned versions,
+# built once into a cache outside the checkout.
+tools=${HULL_CACHE:-/var/cache/hull}/tools
+install_crate() {
+  local crate=$1 version=$2 binary=$3
+  if [ -x "$tools/bin/$binary" ] && [ "$(cat "$tools/$binary.version" 2>/dev/null)" = "$version" ]; then
+    return
+  fi
+  echo "==> building $crate $version from crates.io (a few minutes, once)"
+  cargo install --quiet --locked --force --root "$tools" "$crate@$version"
+  echo "$version" > "$tools/$binary.version"
+}
+install_crate virtiofsd 1.14.0 virtiofsd
+install_crate vhost-device-vsock 0.3.0 vhost-device-vsock
+for binary in virtiofsd vhost-device-vsock; do
+  ln -sf "$tools/bin/$binary" "/usr/local/bin/$binary"
 done

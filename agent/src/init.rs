@@ -1,6 +1,7 @@
 //! What the agent does as PID 1 of the guest: mount the kernel filesystems
-//! before serving, and power the machine off after.
+//! before serving, and end the machine after.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -14,6 +15,12 @@ pub enum InitError {
         target: &'static str,
         #[source]
         source: Errno,
+    },
+    #[error("moving off the initramfs: {step}: {source}")]
+    Reroot {
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
     },
     #[error("creating {path}: {source}")]
     CreateDir {
@@ -80,6 +87,49 @@ const KERNEL_MOUNTS: &[KernelMount] = &[
     },
 ];
 
+/// Set in the environment of the agent re-executed from its tmpfs root.
+const REROOTED: &str = "HULL_AGENT_REROOTED";
+
+/// Moves the root filesystem from the initramfs to a tmpfs and re-executes
+/// /init there, keeping PID 1.
+///
+/// The initramfs is the kernel's `rootfs`, which cannot be unmounted, so
+/// `pivot_root` refuses it: a container could not be jailed by pivot_root
+/// below it. From a tmpfs root it can. Returns only when already re-rooted.
+pub fn leave_initramfs() -> Result<(), InitError> {
+    if std::env::var_os(REROOTED).is_some() {
+        return Ok(());
+    }
+    let failed =
+        |step: &'static str| move |source: std::io::Error| InitError::Reroot { step, source };
+    std::fs::create_dir_all("/newroot").map_err(failed("creating /newroot"))?;
+    nix::mount::mount(
+        Some("tmpfs"),
+        "/newroot",
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .map_err(|errno| failed("mounting a tmpfs on /newroot")(errno.into()))?;
+    for dir in ["dev", "proc", "sys", "run", "tmp", "etc"] {
+        std::fs::create_dir_all(Path::new("/newroot").join(dir))
+            .map_err(failed("creating directories"))?;
+    }
+    std::fs::copy("/init", "/newroot/init").map_err(failed("copying /init"))?;
+    std::env::set_current_dir("/newroot").map_err(failed("entering /newroot"))?;
+    nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|errno| failed("moving /newroot to /")(errno.into()))?;
+    nix::unistd::chroot(".").map_err(|errno| failed("chroot")(errno.into()))?;
+    std::env::set_current_dir("/").map_err(failed("entering the new root"))?;
+    let err = std::process::Command::new("/init")
+        .env(REROOTED, "1")
+        .exec();
+    Err(InitError::Reroot {
+        step: "re-executing /init",
+        source: err,
+    })
+}
+
 /// Mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /run and cgroup2, and
 /// enables every cgroup controller for the containers below the root.
 pub fn setup() -> Result<(), InitError> {
@@ -126,10 +176,16 @@ fn enable_cgroup_controllers(root: &Path) {
     }
 }
 
-/// Flushes the filesystems and powers the guest off.
+/// Flushes the filesystems and ends the guest.
+///
+/// Hull's VMMs treat a guest reset as the end of the VM (QEMU runs with
+/// `-no-reboot`, and the kernel resets by triple fault, `reboot=t`), as
+/// Firecracker does. A reset works on every machine model, while ACPI
+/// power-off needs sleep-state support a minimal guest kernel lacks: without
+/// it, RB_POWER_OFF silently halts and the VM never exits.
 pub fn power_off() -> ! {
     nix::unistd::sync();
-    let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
-    tracing::error!(?err, "power-off failed");
+    let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    tracing::error!(?err, "reset failed");
     std::process::exit(1)
 }

@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -61,6 +62,7 @@ fn main() -> anyhow::Result<()> {
     }
     tracing_subscriber::fmt()
         .with_env_filter(log_filter())
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let (listen, state_dir, cgroup_root) = match command {
@@ -78,6 +80,7 @@ fn main() -> anyhow::Result<()> {
     let listen: Listen = listen.parse()?;
 
     if pid1 {
+        init::leave_initramfs().context("leaving the initramfs")?;
         init::setup().context("setting up the guest as PID 1")?;
     } else {
         // Container processes outlive the runtime helper that made them;

@@ -2,8 +2,10 @@
 //! a real `hull-agent` started on the host and reached over a Unix socket.
 
 pub mod agent;
+pub mod driver;
 pub mod rootfs;
 pub mod spec;
+pub mod vm;
 
 use std::path::PathBuf;
 

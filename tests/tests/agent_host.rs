@@ -2,7 +2,7 @@
 //! libcontainer containers on a busybox root filesystem. Needs root.
 
 use hull_proto::v1 as api;
-use hull_tests::agent::{TestAgent, pipes, process_ref};
+use hull_tests::agent::{AgentUnderTest, TestAgent, pipes, process_ref};
 use hull_tests::{spec, unique_id};
 
 #[tokio::test]

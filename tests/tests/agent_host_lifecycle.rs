@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hull_proto::v1 as api;
-use hull_tests::agent::{TestAgent, pipes, process_ref};
+use hull_tests::agent::{AgentUnderTest, TestAgent, pipes, process_ref};
 use hull_tests::{spec, unique_id};
 use tonic::Code;
 

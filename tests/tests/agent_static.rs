@@ -1,7 +1,7 @@
 //! The statically linked agent, the one that goes into the initramfs, runs
 //! containers on its own: no dynamic loader, no shared libraries.
 
-use hull_tests::agent::TestAgent;
+use hull_tests::agent::{AgentUnderTest, TestAgent};
 use hull_tests::static_agent;
 
 /// Whether an ELF executable asks for a program interpreter (ld.so).

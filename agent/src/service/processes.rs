@@ -81,8 +81,10 @@ impl Agent {
         &self,
         request: api::WaitProcessRequest,
     ) -> Result<api::WaitProcessResponse> {
-        let (_, process) = self.process(request.process.as_ref())?;
+        let (container, process) = self.process(request.process.as_ref())?;
         let finished = process.wait().await;
+        let oom_killed = finished.exit.status == 128 + libc::SIGKILL
+            && cgroup::oom_kills(&container.cgroup).is_some_and(|kills| kills > 0);
         let exited_at = finished
             .exit
             .at
@@ -94,6 +96,7 @@ impl Agent {
             exited_at_unix_nanos: exited_at,
             stdout_bytes: finished.stdout_bytes,
             stderr_bytes: finished.stderr_bytes,
+            oom_killed,
         })
     }
 

@@ -1,0 +1,60 @@
+//! What starting or running a VM can fail with. Boot failures carry the
+//! guest's last console lines and the boot timeline, so they explain
+//! themselves.
+
+use crate::timeline::Timeline;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("{field}: {reason}")]
+    Config { field: &'static str, reason: String },
+
+    #[error("{program} not found: {reason}")]
+    MissingProgram { program: String, reason: String },
+
+    #[error("starting {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "{name} exited during boot ({status}); timeline: {timeline}; last console lines:\n{console}"
+    )]
+    HelperExited {
+        name: &'static str,
+        status: String,
+        timeline: Timeline,
+        console: String,
+    },
+
+    #[error(
+        "the agent did not answer on vsock port {port} within {seconds} s; timeline: {timeline}; last console lines:\n{console}"
+    )]
+    BootTimeout {
+        port: u32,
+        seconds: u64,
+        timeline: Timeline,
+        console: String,
+    },
+
+    #[error("vsock port {port}: {reason}")]
+    Vsock { port: u32, reason: String },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl VmError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

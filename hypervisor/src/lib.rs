@@ -1,0 +1,74 @@
+//! A pod's virtual machine, as the shim sees it: start one from a kernel, an
+//! initrd, vCPUs, memory and a shared directory; reach a guest vsock port as
+//! a byte stream; stop it and leave nothing behind.
+//!
+//! The backend is QEMU (`-machine microvm`) with `virtiofsd` for the shared
+//! directory and `vhost-device-vsock` for hybrid vsock: the host connects to
+//! a Unix socket and writes `CONNECT <port>\n`, the protocol `hull-vmm` offers
+//! too. [`host`] decides between KVM and TCG.
+
+pub mod console;
+pub mod error;
+pub mod host;
+pub mod process;
+pub mod qemu;
+pub mod timeline;
+pub mod vsock;
+
+pub use error::VmError;
+pub use qemu::{Qemu, QemuVm};
+pub use timeline::Timeline;
+
+use std::path::PathBuf;
+
+/// Everything a sandbox VM is started from.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Exported to the guest through virtio-fs with tag [`SHARED_FS_TAG`].
+    pub shared_dir: PathBuf,
+    /// The guest's serial console is copied here.
+    pub console_log: PathBuf,
+    /// Sockets of the VM's helpers go here. Unix socket paths are limited to
+    /// 108 bytes, so keep it short.
+    pub work_dir: PathBuf,
+}
+
+/// The virtio-fs tag under which the guest mounts the shared directory.
+pub const SHARED_FS_TAG: &str = "hullfs";
+
+impl VmConfig {
+    /// Checks the fields before anything is started.
+    pub fn validate(&self) -> Result<(), VmError> {
+        for (field, path) in [("kernel", &self.kernel), ("initrd", &self.initrd)] {
+            if !path.is_file() {
+                return Err(VmError::Config {
+                    field,
+                    reason: format!("{} does not exist", path.display()),
+                });
+            }
+        }
+        if !self.shared_dir.is_dir() {
+            return Err(VmError::Config {
+                field: "shared_dir",
+                reason: format!("{} is not a directory", self.shared_dir.display()),
+            });
+        }
+        if !(1..=64).contains(&self.vcpus) {
+            return Err(VmError::Config {
+                field: "vcpus",
+                reason: format!("{} is not between 1 and 64", self.vcpus),
+            });
+        }
+        if !(64..=65536).contains(&self.memory_mib) {
+            return Err(VmError::Config {
+                field: "memory_mib",
+                reason: format!("{} is not between 64 and 65536", self.memory_mib),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,123 @@
+//! QEMU's command line for a Hull sandbox VM.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use crate::host::Accel;
+use crate::{SHARED_FS_TAG, VmConfig};
+
+/// The guest kernel's command line. The agent is the initramfs's /init; a
+/// reset (triple fault) ends the VM, since QEMU runs with `-no-reboot`.
+pub const KERNEL_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1";
+
+/// Arguments for `qemu-system-x86_64`: a microvm whose RAM is a shared memfd
+/// (vhost-user back ends map it), with virtio-fs and vsock served by
+/// vhost-user helpers listening on `fs_socket` and `vsock_socket`.
+pub fn qemu_args(
+    config: &VmConfig,
+    accel: Accel,
+    tsc_khz: Option<u64>,
+    fs_socket: &Path,
+    vsock_socket: &Path,
+) -> Vec<OsString> {
+    let mut cmdline = KERNEL_CMDLINE.to_owned();
+    if let (Accel::Tcg, Some(khz)) = (accel, tsc_khz) {
+        cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    let memory = format!("{}M", config.memory_mib);
+    let mut args: Vec<OsString> = Vec::new();
+    let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
+    // Without a PIT a TCG guest finds no clock to calibrate the TSC and the
+    // LAPIC timer against, and hangs early in boot.
+    push(&["-machine", "microvm,pit=on,memory-backend=mem"]);
+    push(&["-accel", accel.as_str()]);
+    push(&["-cpu", if accel == Accel::Kvm { "host" } else { "max" }]);
+    push(&["-smp", &config.vcpus.to_string()]);
+    push(&["-m", &memory]);
+    push(&[
+        "-object",
+        &format!("memory-backend-memfd,id=mem,size={memory},share=on"),
+    ]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    push(&["-serial", "stdio", "-no-reboot"]);
+    push(&["-append", &cmdline]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=fs0,path={}", fs_socket.display()),
+        "-device",
+        &format!("vhost-user-fs-device,chardev=fs0,tag={SHARED_FS_TAG}"),
+    ]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=vs0,path={}", vsock_socket.display()),
+        "-device",
+        "vhost-user-vsock-device,chardev=vs0",
+    ]);
+    args.push("-kernel".into());
+    args.push(config.kernel.clone().into());
+    args.push("-initrd".into());
+    args.push(config.initrd.clone().into());
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn tcg_microvm_with_shared_memory_and_vhost_user_devices() {
+        let config = VmConfig {
+            kernel: "/k/vmlinux".into(),
+            initrd: "/k/initrd".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            shared_dir: PathBuf::from("/s"),
+            console_log: PathBuf::from("/l"),
+            work_dir: PathBuf::from("/w"),
+        };
+        let args: Vec<String> = qemu_args(
+            &config,
+            Accel::Tcg,
+            Some(2_445_000),
+            Path::new("/w/fs"),
+            Path::new("/w/vs"),
+        )
+        .into_iter()
+        .map(|a| a.into_string().expect("utf-8"))
+        .collect();
+        let line = args.join(" ");
+        assert!(
+            line.contains("-machine microvm,pit=on,memory-backend=mem"),
+            "{line}"
+        );
+        assert!(line.contains("-accel tcg -cpu max"), "{line}");
+        assert!(
+            line.contains("memory-backend-memfd,id=mem,size=256M,share=on"),
+            "{line}"
+        );
+        assert!(
+            line.contains("vhost-user-fs-device,chardev=fs0,tag=hullfs"),
+            "{line}"
+        );
+        assert!(line.contains("socket,id=vs0,path=/w/vs"), "{line}");
+        assert!(
+            line.ends_with("-kernel /k/vmlinux -initrd /k/initrd"),
+            "{line}"
+        );
+        assert!(line.contains("panic=-1 tsc_early_khz=2445000"), "{line}");
+        let kvm = qemu_args(
+            &config,
+            Accel::Kvm,
+            Some(2_445_000),
+            Path::new("/w/fs"),
+            Path::new("/w/vs"),
+        );
+        assert!(kvm.iter().any(|a| a == "host"));
+        // Under KVM, kvmclock tells the guest its TSC rate.
+        assert!(
+            !kvm.iter()
+                .any(|a| a.to_string_lossy().contains("tsc_early_khz"))
+        );
+    }
+}
