@@ -34,6 +34,9 @@ step "guest image"
 # Cached by the hash of its inputs: only the first run builds the kernel.
 bash guest-image/build.sh "$agent"
 
+step "KVM test host"
+bash tests/kvm-host/build.sh
+
 step "tests"
 # --all-targets: the doc tests are empty, and their "0 passed" must not be
 # the last word of the run.

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod driver;
+pub mod kvm_host;
 pub mod rootfs;
 pub mod spec;
 pub mod vm;

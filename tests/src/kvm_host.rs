@@ -1,0 +1,168 @@
+//! The KVM test host: a QEMU-TCG VM with emulated AMD-V (`-cpu max,+svm`),
+//! booted from Debian's cloud kernel, in which /dev/kvm works with nested
+//! paging. It sees the host's root read-only through virtio-fs (with a tmpfs
+//! overlay for writes), runs one script, and reports its output and exit
+//! code. `tests/kvm-host/build.sh` builds it; this is where guests boot
+//! under real KVM.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hull_hypervisor::process::Helper;
+
+/// What the script printed (stdout and stderr together) and how it ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub output: String,
+    pub exit_code: i32,
+    /// The whole console, for failure messages.
+    pub console: String,
+}
+
+/// The test host's kernel and initramfs.
+pub fn artifacts() -> (PathBuf, PathBuf) {
+    let cache = std::env::var_os("HULL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/hull"));
+    let dir = cache.join("kvm-host/current");
+    let kernel = dir.join("vmlinuz");
+    let initrd = dir.join("initramfs.cpio.gz");
+    for artifact in [&kernel, &initrd] {
+        assert!(
+            artifact.exists(),
+            "{} is missing: run tests/kvm-host/build.sh",
+            artifact.display()
+        );
+    }
+    (kernel, initrd)
+}
+
+/// Boots the test host, runs `script` (a shell script) in it as root, and
+/// returns its outcome. Panics with the console if the host does not finish
+/// within `timeout`.
+pub fn run(script: &str, memory_mib: u32, timeout: Duration) -> Outcome {
+    let (kernel, initrd) = artifacts();
+    // Under /tmp on the host's root, so the test host sees it too.
+    let dir = tempfile::Builder::new()
+        .prefix("hull-kvm-host-")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let command = dir.path().join("cmd.sh");
+    std::fs::write(&command, script).expect("write the script");
+    let socket = dir.path().join("fs.sock");
+
+    let mut virtiofsd = Helper::spawn(
+        "virtiofsd",
+        Command::new("virtiofsd")
+            .arg("--socket-path")
+            .arg(&socket)
+            .args(["--shared-dir", "/", "--readonly", "--cache", "auto"])
+            // overlayfs refuses a lower layer that announces submounts.
+            .arg("--no-announce-submounts")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .expect("start virtiofsd");
+    wait_for(&socket, &mut virtiofsd);
+
+    let memory = format!("{memory_mib}M");
+    let mut qemu = Helper::spawn(
+        "qemu",
+        Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-cpu", "max,+svm"])
+            .args(["-machine", "q35,memory-backend=mem", "-m", &memory])
+            .arg("-object")
+            .arg(format!(
+                "memory-backend-memfd,id=mem,size={memory},share=on"
+            ))
+            .args([
+                "-nodefaults",
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+            ])
+            .arg("-kernel")
+            .arg(&kernel)
+            .arg("-initrd")
+            .arg(&initrd)
+            .arg("-append")
+            .arg(format!(
+                "console=ttyS0 panic=-1 quiet loglevel=1 hull.cmd={}",
+                command.display()
+            ))
+            .arg("-chardev")
+            .arg(format!("socket,id=fs0,path={}", socket.display()))
+            .args(["-device", "vhost-user-fs-pci,chardev=fs0,tag=hostroot"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
+    .expect("start the KVM test host");
+    let mut stdout = qemu.child().stdout.take().expect("console pipe");
+    let reader = std::thread::spawn(move || {
+        let mut console = Vec::new();
+        let _ = stdout.read_to_end(&mut console);
+        String::from_utf8_lossy(&console).into_owned()
+    });
+    let finished = qemu.wait_timeout(timeout);
+    qemu.kill();
+    virtiofsd.kill();
+    let console = reader.join().expect("console reader");
+    assert!(
+        finished.is_some(),
+        "the KVM test host did not finish in {timeout:?}; console:\n{console}"
+    );
+    parse(&console).unwrap_or_else(|| panic!("no HULL-END on the console:\n{console}"))
+}
+
+fn wait_for(socket: &Path, helper: &mut Helper) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(helper.exited().is_none(), "{} exited", helper.name);
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The script's output lies between `HULL-BEGIN` and `HULL-END <code>`.
+fn parse(console: &str) -> Option<Outcome> {
+    let console = console.replace("\r\n", "\n");
+    let end = console.rfind("HULL-END ")?;
+    let exit_code = console[end + "HULL-END ".len()..]
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
+    let output = match console[..end].rfind("HULL-BEGIN\n") {
+        Some(begin) => console[begin + "HULL-BEGIN\n".len()..end].to_owned(),
+        None => String::new(),
+    };
+    Some(Outcome {
+        output,
+        exit_code,
+        console: console.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_output_and_exit_code() {
+        let outcome = parse("firmware noise\r\nHULL-BEGIN\r\nline one\r\nline two\r\nHULL-END 3\r\n[ 10.7] reboot: Power down\r\n")
+            .expect("parsed");
+        assert_eq!(outcome.output, "line one\nline two\n");
+        assert_eq!(outcome.exit_code, 3);
+        assert!(parse("HULL-BEGIN\nno end").is_none());
+    }
+}

@@ -1,0 +1,62 @@
+//! The KVM test host harness works: a command runs in it, /dev/kvm there has
+//! nested paging, and a KVM guest boots Linux inside it.
+
+use std::time::Duration;
+
+use hull_tests::kvm_host;
+
+#[test]
+fn the_kvm_test_host_runs_a_command_with_working_kvm() {
+    let script = r#"
+uname -r
+test -c /dev/kvm && echo dev-kvm
+grep -qw svm /proc/cpuinfo && echo svm-flag
+dmesg | grep -o 'Nested Paging enabled' | head -n 1
+test -x /usr/bin/qemu-system-x86_64 && echo host-root-visible
+echo written > /tmp/overlay-write && cat /tmp/overlay-write
+exit 3
+"#;
+    let outcome = kvm_host::run(script, 2048, Duration::from_secs(300));
+    assert_eq!(outcome.exit_code, 3, "console:\n{}", outcome.console);
+    let lines: Vec<&str> = outcome.output.lines().collect();
+    assert!(lines[0].ends_with("-cloud-amd64"), "{lines:?}");
+    for expected in [
+        "dev-kvm",
+        "svm-flag",
+        "Nested Paging enabled",
+        "host-root-visible",
+        "written",
+    ] {
+        assert!(
+            lines.contains(&expected),
+            "{expected} missing from {lines:?}"
+        );
+    }
+}
+
+#[test]
+fn a_kvm_guest_boots_the_hull_guest_image_inside() {
+    let (kernel, initrd) = hull_tests::vm::guest_image();
+    // QEMU with -accel kvm inside the test host; the agent's first log line
+    // shows that the guest kernel booted and ran /init. QEMU is stopped as
+    // soon as that line is seen.
+    let script = format!(
+        r#"
+qemu-system-x86_64 -accel kvm -cpu host -machine microvm,pit=on -m 256M \
+  -nodefaults -no-user-config -display none -serial stdio -no-reboot \
+  -append "console=ttyS0 reboot=t panic=-1" -kernel {kernel} -initrd {initrd} > /tmp/inner.log 2>&1 &
+qemu=$!
+for i in $(seq 1 600); do
+  grep -q 'serving on vsock' /tmp/inner.log && break
+  sleep 0.2
+done
+kill $qemu
+grep -o 'serving on vsock' /tmp/inner.log || {{ tail -n 20 /tmp/inner.log; exit 1; }}
+"#,
+        kernel = kernel.display(),
+        initrd = initrd.display()
+    );
+    let outcome = kvm_host::run(&script, 2048, Duration::from_secs(400));
+    assert_eq!(outcome.exit_code, 0, "output:\n{}", outcome.output);
+    assert!(outcome.output.contains("serving on vsock"));
+}
