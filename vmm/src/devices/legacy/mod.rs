@@ -1,0 +1,5 @@
+//! Legacy PC devices.
+
+pub mod serial;
+
+pub use serial::SerialDevice;

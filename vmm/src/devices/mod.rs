@@ -1,0 +1,6 @@
+//! Devices and the buses that route guest port and MMIO accesses to them.
+
+pub mod bus;
+pub mod legacy;
+
+pub use bus::{Bus, BusDevice};

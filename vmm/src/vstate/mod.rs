@@ -1,0 +1,4 @@
+//! The KVM VM and its vCPUs.
+
+pub mod vcpu;
+pub mod vm;

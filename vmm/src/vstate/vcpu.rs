@@ -1,0 +1,93 @@
+//! One vCPU and its run loop.
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use super::vm::Vm;
+use crate::devices::Bus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("creating vCPU {id}: {source}")]
+    Create {
+        id: u64,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("setting up vCPU registers: {0}")]
+    Registers(#[source] kvm_ioctls::Error),
+    #[error("running the vCPU: {0}")]
+    Run(#[source] kvm_ioctls::Error),
+}
+
+/// Why a vCPU stopped running guest code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuExitReason {
+    /// The guest executed HLT with nothing to wake it.
+    Halted,
+    /// A triple fault or a reset: the guest's way of ending the VM.
+    Shutdown,
+    /// KVM could not run or emulate the guest; the string says why.
+    Failed(String),
+}
+
+#[derive(Debug)]
+pub struct Vcpu {
+    fd: VcpuFd,
+}
+
+impl Vcpu {
+    pub fn new(vm: &Vm, id: u64) -> Result<Self, VcpuError> {
+        let fd = vm
+            .fd()
+            .create_vcpu(id)
+            .map_err(|source| VcpuError::Create { id, source })?;
+        Ok(Self { fd })
+    }
+
+    /// Starts the vCPU in real mode at physical address `entry` (below 64 KiB).
+    pub fn set_real_mode_entry(&self, entry: u16) -> Result<(), VcpuError> {
+        let mut sregs = self.fd.get_sregs().map_err(VcpuError::Registers)?;
+        sregs.cs.base = 0;
+        sregs.cs.selector = 0;
+        self.fd.set_sregs(&sregs).map_err(VcpuError::Registers)?;
+        let mut regs = self.fd.get_regs().map_err(VcpuError::Registers)?;
+        regs.rip = u64::from(entry);
+        // Bit 1 of RFLAGS is reserved and always set.
+        regs.rflags = 0x2;
+        self.fd.set_regs(&regs).map_err(VcpuError::Registers)?;
+        Ok(())
+    }
+
+    /// Runs guest code until the vCPU stops, routing port I/O and MMIO.
+    pub fn run(&mut self, pio: &Bus, mmio: &Bus) -> Result<VcpuExitReason, VcpuError> {
+        loop {
+            match self.fd.run() {
+                Ok(VcpuExit::IoOut(port, data)) => pio.write(u64::from(port), data),
+                Ok(VcpuExit::IoIn(port, data)) => pio.read(u64::from(port), data),
+                Ok(VcpuExit::MmioRead(address, data)) => mmio.read(address, data),
+                Ok(VcpuExit::MmioWrite(address, data)) => mmio.write(address, data),
+                Ok(VcpuExit::Hlt) => return Ok(VcpuExitReason::Halted),
+                Ok(VcpuExit::Shutdown) => return Ok(VcpuExitReason::Shutdown),
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    return Ok(VcpuExitReason::Failed(format!(
+                        "entry failed: hardware reason {reason:#x} on CPU {cpu}"
+                    )));
+                }
+                Ok(VcpuExit::InternalError) => {
+                    return Ok(VcpuExitReason::Failed(
+                        "KVM internal error (emulation failure)".into(),
+                    ));
+                }
+                Ok(other) => {
+                    return Ok(VcpuExitReason::Failed(format!("unhandled exit {other:?}")));
+                }
+                Err(err) if err.errno() == libc_eintr() => continue,
+                Err(err) => return Err(VcpuError::Run(err)),
+            }
+        }
+    }
+}
+
+fn libc_eintr() -> i32 {
+    nix::errno::Errno::EINTR as i32
+}
