@@ -11,9 +11,16 @@ use crate::devices::Bus;
 use crate::devices::bus::Overlap;
 use crate::devices::legacy::SerialDevice;
 use crate::devices::legacy::serial::{COM1_PORT, COM1_PORTS};
+use crate::devices::virtio::mmio::{MMIO_LEN, MmioTransport};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuExitReason};
 use crate::vstate::vm::{Vm, VmError};
+
+/// Where the first virtio-mmio device's registers are; the next ones follow
+/// every [`MMIO_LEN`] bytes, in the MMIO gap below 4 GiB.
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 
 /// What the guest starts from.
 #[derive(Debug, Clone)]
@@ -91,7 +98,7 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
 
     // 4. Devices on their buses.
     let mut pio = Bus::default();
-    let mmio = Bus::default();
+    let mut mmio = Bus::default();
     let console = File::create(&config.console_log)
         .map_err(io(format!("console_log {}", config.console_log.display())))?;
     let serial_interrupt = EventFd::new(EFD_NONBLOCK).map_err(io("serial interrupt eventfd"))?;
@@ -102,6 +109,17 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
         COM1_PORTS,
         Arc::new(Mutex::new(serial)),
     )?;
+    let virtio_devices: Vec<(&'static str, Box<dyn VirtioDevice>)> = vec![(
+        "virtio-rng",
+        Box::new(Rng::new().map_err(io("opening /dev/urandom"))?),
+    )];
+    for (index, (name, device)) in virtio_devices.into_iter().enumerate() {
+        let interrupt =
+            Interrupt::new(EventFd::new(EFD_NONBLOCK).map_err(io("virtio interrupt eventfd"))?);
+        let transport = MmioTransport::new(device, vm.memory().clone(), interrupt);
+        let base = VIRTIO_MMIO_BASE + index as u64 * MMIO_LEN;
+        mmio.insert(name, base, MMIO_LEN, Arc::new(Mutex::new(transport)))?;
+    }
 
     // 5. The vCPU, at the entry point.
     let mut vcpu = Vcpu::new(&vm, 0)?;

@@ -13,5 +13,5 @@ pub mod devices;
 pub mod memory;
 pub mod vstate;
 
-pub use builder::{Boot, BuildError, VmmConfig, run};
+pub use builder::{Boot, BuildError, VIRTIO_MMIO_BASE, VmmConfig, run};
 pub use vstate::vcpu::VcpuExitReason;

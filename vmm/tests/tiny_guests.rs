@@ -82,3 +82,11 @@ fn a_missing_image_is_named() {
     .to_string();
     assert!(err.starts_with("boot.image "), "{err}");
 }
+
+#[test]
+fn virtio_rng_registers_read_through_mmio() {
+    let (exit, console) = run_guest("virtio_registers");
+    assert_eq!(exit, VcpuExitReason::Halted, "console: {console}");
+    // "virt", version 2, device 4 (rng), vendor "HULL", a 256-entry queue.
+    assert_eq!(console, "74726976 00000002 00000004 4c554c48 00000100 \n");
+}

@@ -1,0 +1,69 @@
+//! virtio devices and their MMIO transport.
+
+pub mod mmio;
+pub mod rng;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::memory::GuestMemory;
+
+/// Every device offers virtio 1.0 (`VIRTIO_F_VERSION_1`): the MMIO transport
+/// here is version 2, the modern one.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+
+/// The transport's interrupt: a status bit for the driver to read, and an
+/// eventfd that raises the line (an irqfd once the VM has an irqchip).
+#[derive(Debug, Clone)]
+pub struct Interrupt {
+    status: Arc<AtomicU32>,
+    eventfd: Arc<EventFd>,
+}
+
+impl Interrupt {
+    /// "Used buffer notification" in the interrupt status register.
+    pub const USED_RING: u32 = 1;
+    /// "Configuration change notification".
+    pub const CONFIG: u32 = 2;
+
+    pub fn new(eventfd: EventFd) -> Self {
+        Self {
+            status: Arc::new(AtomicU32::new(0)),
+            eventfd: Arc::new(eventfd),
+        }
+    }
+
+    pub fn signal(&self, reason: u32) {
+        self.status.fetch_or(reason, Ordering::SeqCst);
+        if let Err(err) = self.eventfd.write(1) {
+            tracing::warn!(%err, "raising a virtio interrupt");
+        }
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    pub fn acknowledge(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+}
+
+/// A virtio device behind a transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (4 for rng, 19 for vsock, 26 for fs).
+    fn device_type(&self) -> u32;
+    fn features(&self) -> u64;
+    fn queue_max_sizes(&self) -> &[u16];
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// The driver is ready: the device gets its queues.
+    fn activate(&mut self, memory: GuestMemory, queues: Vec<Queue>, interrupt: Interrupt);
+    /// The driver made buffers available on queue `index`.
+    fn queue_notify(&mut self, index: u32);
+    /// The driver reset the device: it gives its queues back.
+    fn reset(&mut self);
+}
