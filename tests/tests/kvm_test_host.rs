@@ -60,3 +60,33 @@ grep -o 'serving on vsock' /tmp/inner.log || {{ tail -n 20 /tmp/inner.log; exit 
     assert_eq!(outcome.exit_code, 0, "output:\n{}", outcome.output);
     assert!(outcome.output.contains("serving on vsock"));
 }
+
+#[test]
+fn hull_vmm_boots_the_guest_image_to_the_agent() {
+    let (kernel, initrd) = hull_tests::vm::guest_image();
+    let vmm = hull_tests::workspace_binary("hull-vmm");
+    // hull-vmm under the test host's KVM: the agent's first log line shows
+    // that the kernel booted, ran /init and left the initramfs.
+    let script = format!(
+        r#"
+start=$(date +%s%N)
+{vmm} --kernel {kernel} --initrd {initrd} --console-log /tmp/console.log 2>/tmp/vmm.log &
+vmm=$!
+for i in $(seq 1 900); do
+  grep -q 'serving on vsock' /tmp/console.log 2>/dev/null && break
+  kill -0 $vmm 2>/dev/null || break
+  sleep 0.2
+done
+echo "agent line after $(( ($(date +%s%N) - start) / 1000000 )) ms"
+kill $vmm 2>/dev/null
+grep -o 'serving on vsock' /tmp/console.log || {{ cat /tmp/vmm.log; tail -n 30 /tmp/console.log; exit 1; }}
+"#,
+        vmm = vmm.display(),
+        kernel = kernel.display(),
+        initrd = initrd.display()
+    );
+    let outcome = kvm_host::run(&script, 2048, Duration::from_secs(400));
+    println!("{}", outcome.output);
+    assert_eq!(outcome.exit_code, 0, "output:\n{}", outcome.output);
+    assert!(outcome.output.contains("serving on vsock"));
+}

@@ -28,7 +28,19 @@ pub enum Boot {
     /// A freestanding flat image, loaded at `entry` and started in real mode
     /// there. This is how the device tests' tiny guests run.
     RealMode { image: PathBuf, entry: u16 },
+    /// A vmlinux entered in 64-bit mode, with an optional initrd. The
+    /// virtio-mmio devices are appended to `cmdline`.
+    Linux {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+    },
 }
+
+/// The legacy interrupt lines: COM1's, and the first virtio-mmio device's
+/// (the next ones follow).
+const SERIAL_IRQ: u32 = 4;
+const VIRTIO_FIRST_IRQ: u32 = 5;
 
 #[derive(Debug, Clone)]
 pub struct VmmConfig {
@@ -48,6 +60,16 @@ pub enum BuildError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Bus(#[from] Overlap),
+    #[error(transparent)]
+    Linux(#[from] crate::arch::linux::LinuxError),
+    #[error(transparent)]
+    Regs(#[from] crate::arch::regs::RegsError),
+    #[error("{what}: {source}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     #[error("{field}: {reason}")]
     Config { field: &'static str, reason: String },
     #[error("{context}: {source}")]
@@ -71,8 +93,65 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
     // 2. The KVM VM over that memory.
     let vm = Vm::new(memory)?;
 
-    // 3. The guest image.
-    let entry = match &config.boot {
+    // 3. For Linux, the interrupt controllers and the PIT (KVM's own).
+    let linux = matches!(config.boot, Boot::Linux { .. });
+    if linux {
+        let kvm = |what| move |source| BuildError::Kvm { what, source };
+        vm.fd()
+            .set_tss_address(crate::arch::layout::KVM_TSS_ADDRESS)
+            .map_err(kvm("setting the TSS address"))?;
+        vm.fd()
+            .create_irq_chip()
+            .map_err(kvm("creating the irqchip"))?;
+        let pit = kvm_bindings::kvm_pit_config {
+            flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.fd().create_pit2(pit).map_err(kvm("creating the PIT"))?;
+    }
+    // With an irqchip, a device's eventfd raises its interrupt line.
+    let interrupt_line = |gsi: u32| -> Result<EventFd, BuildError> {
+        let eventfd = EventFd::new(EFD_NONBLOCK).map_err(io("interrupt eventfd"))?;
+        if linux {
+            vm.fd()
+                .register_irqfd(&eventfd, gsi)
+                .map_err(|source| BuildError::Kvm {
+                    what: "registering an irqfd",
+                    source,
+                })?;
+        }
+        Ok(eventfd)
+    };
+
+    // 4. Devices on their buses.
+    let mut pio = Bus::default();
+    let mut mmio = Bus::default();
+    let console = File::create(&config.console_log)
+        .map_err(io(format!("console_log {}", config.console_log.display())))?;
+    let serial = SerialDevice::new(interrupt_line(SERIAL_IRQ)?, Box::new(console));
+    pio.insert(
+        "serial",
+        COM1_PORT,
+        COM1_PORTS,
+        Arc::new(Mutex::new(serial)),
+    )?;
+    let virtio_devices: Vec<(&'static str, Box<dyn VirtioDevice>)> = vec![(
+        "virtio-rng",
+        Box::new(Rng::new().map_err(io("opening /dev/urandom"))?),
+    )];
+    let mut virtio_cmdline = String::new();
+    for (index, (name, device)) in virtio_devices.into_iter().enumerate() {
+        let irq = VIRTIO_FIRST_IRQ + index as u32;
+        let interrupt = Interrupt::new(interrupt_line(irq)?);
+        let transport = MmioTransport::new(device, vm.memory().clone(), interrupt);
+        let base = VIRTIO_MMIO_BASE + index as u64 * MMIO_LEN;
+        mmio.insert(name, base, MMIO_LEN, Arc::new(Mutex::new(transport)))?;
+        virtio_cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+    }
+
+    // 5. The guest image and the vCPU at its entry point.
+    let mut vcpu = Vcpu::new(&vm, 0)?;
+    match &config.boot {
         Boot::RealMode { image, entry } => {
             let bytes =
                 std::fs::read(image).map_err(io(format!("boot.image {}", image.display())))?;
@@ -92,38 +171,18 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
                     field: "boot.image",
                     reason: err.to_string(),
                 })?;
-            *entry
+            vcpu.set_real_mode_entry(*entry)?;
         }
-    };
-
-    // 4. Devices on their buses.
-    let mut pio = Bus::default();
-    let mut mmio = Bus::default();
-    let console = File::create(&config.console_log)
-        .map_err(io(format!("console_log {}", config.console_log.display())))?;
-    let serial_interrupt = EventFd::new(EFD_NONBLOCK).map_err(io("serial interrupt eventfd"))?;
-    let serial = SerialDevice::new(serial_interrupt, Box::new(console));
-    pio.insert(
-        "serial",
-        COM1_PORT,
-        COM1_PORTS,
-        Arc::new(Mutex::new(serial)),
-    )?;
-    let virtio_devices: Vec<(&'static str, Box<dyn VirtioDevice>)> = vec![(
-        "virtio-rng",
-        Box::new(Rng::new().map_err(io("opening /dev/urandom"))?),
-    )];
-    for (index, (name, device)) in virtio_devices.into_iter().enumerate() {
-        let interrupt =
-            Interrupt::new(EventFd::new(EFD_NONBLOCK).map_err(io("virtio interrupt eventfd"))?);
-        let transport = MmioTransport::new(device, vm.memory().clone(), interrupt);
-        let base = VIRTIO_MMIO_BASE + index as u64 * MMIO_LEN;
-        mmio.insert(name, base, MMIO_LEN, Arc::new(Mutex::new(transport)))?;
+        Boot::Linux {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            let cmdline = format!("{cmdline}{virtio_cmdline}");
+            let entry = crate::arch::linux::load(vm.memory(), kernel, initrd.as_deref(), &cmdline)?;
+            crate::arch::regs::setup_long_mode(vm.kvm(), vcpu.fd(), vm.memory(), entry, 0)?;
+        }
     }
-
-    // 5. The vCPU, at the entry point.
-    let mut vcpu = Vcpu::new(&vm, 0)?;
-    vcpu.set_real_mode_entry(entry)?;
 
     // 6. Run.
     Ok(vcpu.run(&pio, &mmio)?)

@@ -8,6 +8,7 @@
 //! So far it runs freestanding guests from a flat image with a 16550 serial
 //! console; the Linux boot path and the virtio-mmio devices come next.
 
+pub mod arch;
 pub mod builder;
 pub mod devices;
 pub mod memory;

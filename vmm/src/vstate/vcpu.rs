@@ -44,6 +44,10 @@ impl Vcpu {
         Ok(Self { fd })
     }
 
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
     /// Starts the vCPU in real mode at physical address `entry` (below 64 KiB).
     pub fn set_real_mode_entry(&self, entry: u16) -> Result<(), VcpuError> {
         let mut sregs = self.fd.get_sregs().map_err(VcpuError::Registers)?;
