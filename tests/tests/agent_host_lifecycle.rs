@@ -222,7 +222,8 @@ async fn remove_leaves_no_process_mount_cgroup_or_state() {
         .expect("create");
     agent.start_container(&id).await.expect("start");
     let mut pids = Vec::new();
-    for _ in 0..100 {
+    // Up to ten seconds: the machine may be busy with other suites.
+    for _ in 0..500 {
         pids = agent
             .client
             .list_processes(api::ListProcessesRequest {
@@ -319,8 +320,18 @@ async fn pause_resume_and_stats() {
             .and_then(|text| text.trim().parse::<u64>().ok())
             .unwrap_or(0)
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(count() > 0, "the container never ran");
+    // Waits (up to ten seconds, the machine may be busy) for the counter to
+    // pass `above`.
+    let advances_past = |above: u64| async move {
+        for _ in 0..500 {
+            if count() > above {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    };
+    assert!(advances_past(0).await, "the container never ran");
 
     let request = || api::PauseContainerRequest {
         container_id: id.clone(),
@@ -347,8 +358,10 @@ async fn pause_resume_and_stats() {
         })
         .await
         .expect("resume");
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(count() > paused_at, "the container did not resume");
+    assert!(
+        advances_past(paused_at).await,
+        "the container did not resume"
+    );
 
     let stats = agent
         .client
