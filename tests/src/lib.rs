@@ -15,12 +15,14 @@ use std::path::PathBuf;
 /// The test command builds every binary before it runs the suites; a missing
 /// one is reported with the command that builds it.
 pub fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps");
+    let exe = std::env::current_exe().expect("executable path");
+    // A test runs from target/<profile>/deps, a binary from target/<profile>.
+    let exe_dir = exe.parent().expect("executable directory");
+    let profile_dir = if exe_dir.ends_with("deps") {
+        exe_dir.parent().expect("target/<profile>")
+    } else {
+        exe_dir
+    };
     let binary = profile_dir.join(name);
     assert!(
         binary.exists(),
