@@ -80,6 +80,13 @@ done
 echo "agent line after $(( ($(date +%s%N) - start) / 1000000 )) ms"
 kill $vmm 2>/dev/null
 grep -o 'serving on vsock' /tmp/console.log || {{ cat /tmp/vmm.log; tail -n 30 /tmp/console.log; exit 1; }}
+
+# A guest that resets ends the VM: with no init the kernel panics, and
+# panic=-1 with reboot=k resets through the keyboard controller at once.
+timeout 300 {vmm} --kernel {kernel} --console-log /tmp/panic.log \
+  --cmdline "console=ttyS0 reboot=k panic=-1 pci=off rdinit=/none init=/none"
+echo "reset exit $?"
+grep -o 'Kernel panic' /tmp/panic.log | head -n 1
 "#,
         vmm = vmm.display(),
         kernel = kernel.display(),
@@ -89,4 +96,7 @@ grep -o 'serving on vsock' /tmp/console.log || {{ cat /tmp/vmm.log; tail -n 30 /
     println!("{}", outcome.output);
     assert_eq!(outcome.exit_code, 0, "output:\n{}", outcome.output);
     assert!(outcome.output.contains("serving on vsock"));
+    // hull-vmm ended by itself, successfully, when the guest reset.
+    assert!(outcome.output.contains("reset exit 0"), "{}", outcome.output);
+    assert!(outcome.output.contains("Kernel panic"), "{}", outcome.output);
 }

@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use vm_memory::{Bytes, GuestAddress};
@@ -9,8 +10,9 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::devices::Bus;
 use crate::devices::bus::Overlap;
-use crate::devices::legacy::SerialDevice;
+use crate::devices::legacy::i8042::{I8042_PORT, I8042_PORTS};
 use crate::devices::legacy::serial::{COM1_PORT, COM1_PORTS};
+use crate::devices::legacy::{I8042, SerialDevice};
 use crate::devices::virtio::mmio::{MMIO_LEN, MmioTransport};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
@@ -135,6 +137,13 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
         COM1_PORTS,
         Arc::new(Mutex::new(serial)),
     )?;
+    let reset = Arc::new(AtomicBool::new(false));
+    pio.insert(
+        "i8042",
+        I8042_PORT,
+        I8042_PORTS,
+        Arc::new(Mutex::new(I8042::new(Arc::clone(&reset)))),
+    )?;
     let virtio_devices: Vec<(&'static str, Box<dyn VirtioDevice>)> = vec![(
         "virtio-rng",
         Box::new(Rng::new().map_err(io("opening /dev/urandom"))?),
@@ -185,5 +194,5 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
     }
 
     // 6. Run.
-    Ok(vcpu.run(&pio, &mmio)?)
+    Ok(vcpu.run(&pio, &mmio, &reset)?)
 }

@@ -90,3 +90,9 @@ fn virtio_rng_registers_read_through_mmio() {
     // "virt", version 2, device 4 (rng), vendor "HULL", a 256-entry queue.
     assert_eq!(console, "74726976 00000002 00000004 4c554c48 00000100 \n");
 }
+
+#[test]
+fn a_keyboard_controller_reset_ends_the_vm() {
+    let (exit, _) = run_guest("reset");
+    assert_eq!(exit, VcpuExitReason::Shutdown);
+}

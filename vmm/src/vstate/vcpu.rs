@@ -1,5 +1,7 @@
 //! One vCPU and its run loop.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use super::vm::Vm;
@@ -62,11 +64,22 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Runs guest code until the vCPU stops, routing port I/O and MMIO.
-    pub fn run(&mut self, pio: &Bus, mmio: &Bus) -> Result<VcpuExitReason, VcpuError> {
+    /// Runs guest code until the vCPU stops, routing port I/O and MMIO. A
+    /// device that resets the machine sets `reset`, which ends the run.
+    pub fn run(
+        &mut self,
+        pio: &Bus,
+        mmio: &Bus,
+        reset: &AtomicBool,
+    ) -> Result<VcpuExitReason, VcpuError> {
         loop {
             match self.fd.run() {
-                Ok(VcpuExit::IoOut(port, data)) => pio.write(u64::from(port), data),
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    pio.write(u64::from(port), data);
+                    if reset.load(Ordering::SeqCst) {
+                        return Ok(VcpuExitReason::Shutdown);
+                    }
+                }
                 Ok(VcpuExit::IoIn(port, data)) => pio.read(u64::from(port), data),
                 Ok(VcpuExit::MmioRead(address, data)) => mmio.read(address, data),
                 Ok(VcpuExit::MmioWrite(address, data)) => mmio.write(address, data),
