@@ -97,6 +97,14 @@ grep -o 'Kernel panic' /tmp/panic.log | head -n 1
     assert_eq!(outcome.exit_code, 0, "output:\n{}", outcome.output);
     assert!(outcome.output.contains("serving on vsock"));
     // hull-vmm ended by itself, successfully, when the guest reset.
-    assert!(outcome.output.contains("reset exit 0"), "{}", outcome.output);
-    assert!(outcome.output.contains("Kernel panic"), "{}", outcome.output);
+    assert!(
+        outcome.output.contains("reset exit 0"),
+        "{}",
+        outcome.output
+    );
+    assert!(
+        outcome.output.contains("Kernel panic"),
+        "{}",
+        outcome.output
+    );
 }
