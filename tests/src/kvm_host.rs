@@ -23,10 +23,7 @@ pub struct Outcome {
 
 /// The test host's kernel and initramfs.
 pub fn artifacts() -> (PathBuf, PathBuf) {
-    let cache = std::env::var_os("HULL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/hull"));
-    let dir = cache.join("kvm-host/current");
+    let dir = crate::cache_dir().join("kvm-host/current");
     let kernel = dir.join("vmlinuz");
     let initrd = dir.join("initramfs.cpio.gz");
     for artifact in [&kernel, &initrd] {

@@ -32,6 +32,14 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     binary
 }
 
+/// Where the set-up caches builds: `$HULL_CACHE`, by default
+/// /var/cache/hull, as in the scripts.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("HULL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/hull"))
+}
+
 /// The statically linked agent that goes into the guest initramfs, as
 /// `scripts/build-agent-static.sh` builds it.
 pub fn static_agent() -> PathBuf {

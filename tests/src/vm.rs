@@ -22,12 +22,9 @@ pub const GUEST_SHARED_DIR: &str = "/run/hull-agent/sandbox/shared/hullfs";
 /// The guest image that `guest-image/build.sh` built.
 pub fn guest_image() -> (PathBuf, PathBuf) {
     // The same defaults as guest-image/build.sh.
-    let cache = std::env::var_os("HULL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/hull"));
     let dir = std::env::var_os("HULL_GUEST_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| cache.join("guest"));
+        .unwrap_or_else(|| crate::cache_dir().join("guest"));
     let kernel = dir.join("vmlinux");
     let initrd = dir.join("initramfs.cpio.gz");
     for artifact in [&kernel, &initrd] {
