@@ -74,6 +74,22 @@ pub trait AgentUnderTest {
         Ok(response.into_inner().pid)
     }
 
+    async fn health(&mut self) -> api::HealthResponse {
+        self.client()
+            .health(api::HealthRequest {})
+            .await
+            .expect("health")
+            .into_inner()
+    }
+
+    async fn guest_details(&mut self) -> api::GuestDetailsResponse {
+        self.client()
+            .guest_details(api::GuestDetailsRequest {})
+            .await
+            .expect("guest details")
+            .into_inner()
+    }
+
     async fn start_container(&mut self, container_id: &str) -> Result<(), tonic::Status> {
         self.client()
             .start_container(api::StartContainerRequest {

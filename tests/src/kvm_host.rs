@@ -23,17 +23,11 @@ pub struct Outcome {
 
 /// The test host's kernel and initramfs.
 pub fn artifacts() -> (PathBuf, PathBuf) {
-    let dir = crate::cache_dir().join("kvm-host/current");
-    let kernel = dir.join("vmlinuz");
-    let initrd = dir.join("initramfs.cpio.gz");
-    for artifact in [&kernel, &initrd] {
-        assert!(
-            artifact.exists(),
-            "{} is missing: run tests/kvm-host/build.sh",
-            artifact.display()
-        );
-    }
-    (kernel, initrd)
+    crate::kernel_and_initrd(
+        &crate::cache_dir().join("kvm-host/current"),
+        "vmlinuz",
+        "tests/kvm-host/build.sh",
+    )
 }
 
 /// Boots the test host, runs `script` (a shell script) in it as root, and

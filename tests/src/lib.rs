@@ -40,6 +40,21 @@ pub fn cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/cache/hull"))
 }
 
+/// A kernel and initramfs that `script` builds into `dir`; a missing one
+/// fails the test naming the script to run.
+pub fn kernel_and_initrd(dir: &std::path::Path, kernel: &str, script: &str) -> (PathBuf, PathBuf) {
+    let kernel = dir.join(kernel);
+    let initrd = dir.join("initramfs.cpio.gz");
+    for artifact in [&kernel, &initrd] {
+        assert!(
+            artifact.exists(),
+            "{} is missing: run {script}",
+            artifact.display()
+        );
+    }
+    (kernel, initrd)
+}
+
 /// The statically linked agent that goes into the guest initramfs, as
 /// `scripts/build-agent-static.sh` builds it.
 pub fn static_agent() -> PathBuf {

@@ -25,16 +25,7 @@ pub fn guest_image() -> (PathBuf, PathBuf) {
     let dir = std::env::var_os("HULL_GUEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::cache_dir().join("guest"));
-    let kernel = dir.join("vmlinux");
-    let initrd = dir.join("initramfs.cpio.gz");
-    for artifact in [&kernel, &initrd] {
-        assert!(
-            artifact.exists(),
-            "{} is missing: run guest-image/build.sh",
-            artifact.display()
-        );
-    }
-    (kernel, initrd)
+    crate::kernel_and_initrd(&dir, "vmlinux", "guest-image/build.sh")
 }
 
 /// A VM configuration in a fresh temporary directory.

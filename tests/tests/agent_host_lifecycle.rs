@@ -150,15 +150,38 @@ async fn bad_input_is_named_and_the_agent_keeps_serving() {
     assert_status(exec, Code::InvalidArgument, "process_json.user.uid");
 
     // An image whose program does not exist fails at create, naming it.
+    let failed = unique_id("c");
     let missing = agent
         .create(
-            &unique_id("c"),
+            &failed,
             &spec::simple(&["/bin/no-such-program"]),
             &rootfs,
             None,
         )
         .await;
     assert_status(missing, Code::Internal, "no-such-program");
+    // The failed create leaves no runtime state, bundle or cgroup, so the id
+    // can be used again at once.
+    let state = agent.state_dir();
+    assert!(
+        !state.join("runtime").join(&failed).exists(),
+        "runtime state is left"
+    );
+    assert!(
+        !state.join("bundles").join(&failed).exists(),
+        "the bundle is left"
+    );
+    assert!(
+        !Path::new("/sys/fs/cgroup/unified/hull")
+            .join(&failed)
+            .exists(),
+        "the cgroup is left"
+    );
+    agent
+        .create(&failed, &spec::simple(&["true"]), &rootfs, None)
+        .await
+        .expect("the id is free again");
+    agent.remove(&failed, true).await.expect("remove");
 
     // Bad resources name their field.
     let update = agent
@@ -178,12 +201,7 @@ async fn bad_input_is_named_and_the_agent_keeps_serving() {
     );
 
     // After all that, the agent still serves valid requests.
-    let health = agent
-        .client
-        .health(api::HealthRequest {})
-        .await
-        .expect("health")
-        .into_inner();
+    let health = agent.health().await;
     assert_eq!(health.api_version, api::API_VERSION);
     let hello = agent.run(&["echo", "still serving"]).await;
     assert_eq!(hello.stdout_text(), "still serving\n");
@@ -487,12 +505,7 @@ async fn sandbox_files_and_read_only_shares() {
 #[tokio::test]
 async fn guest_details_describe_the_host_in_test_mode() {
     let mut agent = TestAgent::start().await;
-    let details = agent
-        .client
-        .guest_details(api::GuestDetailsRequest {})
-        .await
-        .expect("details")
-        .into_inner();
+    let details = agent.guest_details().await;
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
     assert_eq!(details.kernel_release, release.trim());
     assert_eq!(details.cgroup_mode, "v2");

@@ -27,19 +27,9 @@ async fn a_guest_runs_containers_from_virtio_fs_and_stops_clean() {
     assert!(timeline.first_console_line.is_some() && timeline.agent_ready.is_some());
 
     // 1. Boot and run.
-    let health = vm
-        .client
-        .health(api::HealthRequest {})
-        .await
-        .expect("health")
-        .into_inner();
+    let health = vm.health().await;
     assert_eq!(health.api_version, api::API_VERSION);
-    let details = vm
-        .client
-        .guest_details(api::GuestDetailsRequest {})
-        .await
-        .expect("details")
-        .into_inner();
+    let details = vm.guest_details().await;
     assert!(details.pid1, "the agent is not PID 1: {details:?}");
     assert_eq!(details.cgroup_mode, "v2");
 
