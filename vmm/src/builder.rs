@@ -50,6 +50,40 @@ pub struct VmmConfig {
     pub boot: Boot,
     /// The serial console is written here.
     pub console_log: PathBuf,
+    /// A virtio-vsock device with a hybrid (Unix socket) back end.
+    pub vsock: Option<VsockConfig>,
+    /// A virtio-fs device served by a vhost-user back end (virtiofsd).
+    pub fs: Option<FsConfig>,
+}
+
+impl VmmConfig {
+    /// A VM with `memory_mib` of RAM, a serial console and virtio-rng only.
+    pub fn new(memory_mib: u32, boot: Boot, console_log: PathBuf) -> Self {
+        Self {
+            memory_mib,
+            boot,
+            console_log,
+            vsock: None,
+            fs: None,
+        }
+    }
+}
+
+/// Hybrid vsock, as Firecracker does it: the host reaches guest port P by
+/// connecting to `uds_path` and sending `CONNECT P\n`; the guest reaches
+/// host port P through the socket `<uds_path>_P`.
+#[derive(Debug, Clone)]
+pub struct VsockConfig {
+    pub guest_cid: u64,
+    pub uds_path: PathBuf,
+}
+
+/// virtio-fs through a vhost-user back end listening on `socket_path`; the
+/// guest mounts it by `tag`.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    pub tag: String,
+    pub socket_path: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -14,5 +14,5 @@ pub mod devices;
 pub mod memory;
 pub mod vstate;
 
-pub use builder::{Boot, BuildError, VIRTIO_MMIO_BASE, VmmConfig, run};
+pub use builder::{Boot, BuildError, FsConfig, VIRTIO_MMIO_BASE, VmmConfig, VsockConfig, run};
 pub use vstate::vcpu::VcpuExitReason;

@@ -34,15 +34,15 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let exit = hull_vmm::run(&VmmConfig {
-        memory_mib: cli.memory_mib,
-        boot: Boot::Linux {
+    let exit = hull_vmm::run(&VmmConfig::new(
+        cli.memory_mib,
+        Boot::Linux {
             kernel: cli.kernel,
             initrd: cli.initrd,
             cmdline: cli.cmdline,
         },
-        console_log: cli.console_log,
-    })
+        cli.console_log,
+    ))
     .context("running the VM")?;
     match exit {
         VcpuExitReason::Shutdown | VcpuExitReason::Halted => Ok(()),

@@ -45,14 +45,14 @@ fn run_guest(name: &str) -> (VcpuExitReason, String) {
     let dir = tempfile::tempdir().expect("dir");
     let image = assemble(name, dir.path());
     let console_log = dir.path().join("console.log");
-    let exit = hull_vmm::run(&VmmConfig {
-        memory_mib: 16,
-        boot: Boot::RealMode {
+    let exit = hull_vmm::run(&VmmConfig::new(
+        16,
+        Boot::RealMode {
             image,
             entry: ENTRY,
         },
-        console_log: console_log.clone(),
-    })
+        console_log.clone(),
+    ))
     .expect("run the guest");
     (
         exit,
@@ -70,14 +70,14 @@ fn serial_output_reaches_the_console_log() {
 #[test]
 fn a_missing_image_is_named() {
     let dir = tempfile::tempdir().expect("dir");
-    let err = hull_vmm::run(&VmmConfig {
-        memory_mib: 16,
-        boot: Boot::RealMode {
+    let err = hull_vmm::run(&VmmConfig::new(
+        16,
+        Boot::RealMode {
             image: dir.path().join("absent.bin"),
             entry: ENTRY,
         },
-        console_log: dir.path().join("console.log"),
-    })
+        dir.path().join("console.log"),
+    ))
     .expect_err("no image")
     .to_string();
     assert!(err.starts_with("boot.image "), "{err}");

@@ -2,7 +2,7 @@
 
 use virtio_queue::{Queue, QueueState, QueueT};
 
-use super::{Interrupt, VirtioDevice};
+use super::{Activation, Interrupt, VirtioDevice};
 use crate::devices::BusDevice;
 use crate::memory::GuestMemory;
 
@@ -175,8 +175,12 @@ impl MmioTransport {
                 self.activated = true;
                 let queues = std::mem::take(&mut self.queues);
                 self.activated_queues = queues.iter().map(Queue::state).collect();
-                self.device
-                    .activate(self.memory.clone(), queues, self.interrupt.clone());
+                self.device.activate(Activation {
+                    memory: self.memory.clone(),
+                    queues,
+                    interrupt: self.interrupt.clone(),
+                    acked_features: self.driver_features,
+                });
             } else {
                 // The driver set up a queue outside guest memory: refuse it
                 // the way the spec says, by flagging the device.

@@ -52,6 +52,17 @@ impl Interrupt {
     }
 }
 
+/// What a device gets when the driver sets DRIVER_OK.
+#[derive(Debug)]
+pub struct Activation {
+    pub memory: GuestMemory,
+    /// The queues the driver set up, in device order.
+    pub queues: Vec<Queue>,
+    pub interrupt: Interrupt,
+    /// The features the driver accepted (a subset of [`VirtioDevice::features`]).
+    pub acked_features: u64,
+}
+
 /// A virtio device behind a transport.
 pub trait VirtioDevice: Send {
     /// The virtio device ID (4 for rng, 19 for vsock, 26 for fs).
@@ -61,7 +72,7 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     fn write_config(&mut self, offset: u64, data: &[u8]);
     /// The driver is ready: the device gets its queues.
-    fn activate(&mut self, memory: GuestMemory, queues: Vec<Queue>, interrupt: Interrupt);
+    fn activate(&mut self, activation: Activation);
     /// The driver made buffers available on queue `index`.
     fn queue_notify(&mut self, index: u32);
     /// The driver reset the device: it gives its queues back.

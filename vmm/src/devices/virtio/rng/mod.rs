@@ -6,7 +6,7 @@ use std::io::Read;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 
-use crate::devices::virtio::{Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
+use crate::devices::virtio::{Activation, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
 use crate::memory::GuestMemory;
 
 pub const VIRTIO_ID_RNG: u32 = 4;
@@ -87,9 +87,9 @@ impl VirtioDevice for Rng {
 
     fn write_config(&mut self, _: u64, _: &[u8]) {}
 
-    fn activate(&mut self, memory: GuestMemory, mut queues: Vec<Queue>, interrupt: Interrupt) {
-        if let Some(queue) = queues.pop() {
-            self.active = Some((memory, queue, interrupt));
+    fn activate(&mut self, mut activation: Activation) {
+        if let Some(queue) = activation.queues.pop() {
+            self.active = Some((activation.memory, queue, activation.interrupt));
         }
     }
 
