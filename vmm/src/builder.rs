@@ -3,11 +3,13 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use crate::control::{ControlServer, VcpuKicker};
 use crate::devices::Bus;
 use crate::devices::bus::Overlap;
 use crate::devices::legacy::i8042::{I8042_PORT, I8042_PORTS};
@@ -17,7 +19,10 @@ use crate::devices::virtio::mmio::{MMIO_LEN, MmioTransport};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::memory::{self, MemoryError};
-use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuExitReason};
+use crate::timeline::TimelineRecorder;
+use crate::vstate::run_control::RunControl;
+use crate::vstate::threads::{VcpuResult, VcpuThreads, install_kick_handler};
+use crate::vstate::vcpu::{RunContext, Vcpu, VcpuError, VcpuExitReason};
 use crate::vstate::vm::{Vm, VmError};
 
 /// Where the first virtio-mmio device's registers are; the next ones follow
@@ -54,6 +59,8 @@ pub struct VmmConfig {
     pub vsock: Option<VsockConfig>,
     /// A virtio-fs device served by a vhost-user back end (virtiofsd).
     pub fs: Option<FsConfig>,
+    /// Where the control channel listens (see [`crate::control`]).
+    pub api_socket: Option<PathBuf>,
 }
 
 impl VmmConfig {
@@ -65,6 +72,7 @@ impl VmmConfig {
             console_log,
             vsock: None,
             fs: None,
+            api_socket: None,
         }
     }
 }
@@ -121,8 +129,14 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
     move |source| BuildError::Io { context, source }
 }
 
-/// Builds the VM and runs its vCPU until the guest stops.
+/// How long the vCPUs get to leave the guest once the VM is ending.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds the VM and runs its vCPU until the guest stops or the control
+/// channel stops it.
 pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
+    let timeline = Arc::new(TimelineRecorder::start());
+
     // 1. Guest memory, in a memfd.
     let (memory, _memfd) = memory::create(config.memory_mib)?;
 
@@ -227,6 +241,55 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
         }
     }
 
-    // 6. Run.
-    Ok(vcpu.run(&pio, &mmio, &reset)?)
+    timeline.vm_built();
+
+    // 6. The control channel, before any guest code runs, so a pause or
+    // stop can come at any point of the boot.
+    install_kick_handler().map_err(io("installing the vCPU kick signal handler"))?;
+    let control = Arc::new(RunControl::new(1));
+    let threads = Arc::new(VcpuThreads::default());
+    let _control_server = match &config.api_socket {
+        Some(path) => Some(
+            ControlServer::start(
+                path,
+                Arc::clone(&control),
+                Arc::clone(&threads) as Arc<dyn VcpuKicker>,
+                Arc::clone(&timeline),
+            )
+            .map_err(io(format!("api_socket {}", path.display())))?,
+        ),
+        None => None,
+    };
+
+    // 7. The vCPU in its own thread, entering the guest.
+    let (exits, first_exit) = mpsc::channel::<VcpuResult>();
+    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+    let handle = {
+        let control = Arc::clone(&control);
+        let timeline = Arc::clone(&timeline);
+        std::thread::Builder::new()
+            .name("vcpu0".into())
+            .spawn(move || {
+                timeline.kernel_entry();
+                let result = vcpu.run(&RunContext {
+                    pio: &pio,
+                    mmio: &mmio,
+                    reset: &reset,
+                    control: &control,
+                });
+                control.exited();
+                let _ = exits.send(result);
+            })
+            .map_err(io("starting the vCPU thread"))?
+    };
+    threads.push(handle);
+
+    // 8. The first vCPU to stop ends the VM for all of them.
+    let result = first_exit.recv().unwrap_or(Ok(VcpuExitReason::Stopped));
+    if let Err(err) = control.stop(|| threads.kick(), STOP_TIMEOUT) {
+        tracing::error!(%err, "stopping the vCPUs");
+    }
+    threads.join_all();
+    drop(vm);
+    Ok(result?)
 }

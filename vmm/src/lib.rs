@@ -5,14 +5,18 @@
 //! and [`builder`] putting them together in one linear sequence. It depends on
 //! neither tokio nor the shim.
 //!
-//! So far it runs freestanding guests from a flat image with a 16550 serial
-//! console; the Linux boot path and the virtio-mmio devices come next.
+//! The process that starts it (the shim) drives it through [`control`]:
+//! state, boot timeline, pause, resume and stop.
 
 pub mod arch;
 pub mod builder;
+pub mod control;
 pub mod devices;
 pub mod memory;
+pub mod timeline;
 pub mod vstate;
 
 pub use builder::{Boot, BuildError, FsConfig, VIRTIO_MMIO_BASE, VmmConfig, VsockConfig, run};
+pub use timeline::BootTimeline;
+pub use vstate::run_control::RunState;
 pub use vstate::vcpu::VcpuExitReason;

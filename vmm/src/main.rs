@@ -19,8 +19,12 @@ struct Cli {
     #[arg(long, default_value_t = 256)]
     memory_mib: u32,
     /// The guest's serial console is written here.
-    #[arg(long)]
+    #[arg(long, default_value = "/dev/stdout")]
     console_log: PathBuf,
+    /// The control channel's Unix socket: state, boot timeline, pause,
+    /// resume and stop, one JSON object per line.
+    #[arg(long)]
+    api_socket: Option<PathBuf>,
     #[arg(long, default_value = DEFAULT_CMDLINE)]
     cmdline: String,
 }
@@ -34,7 +38,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let exit = hull_vmm::run(&VmmConfig::new(
+    let mut config = VmmConfig::new(
         cli.memory_mib,
         Boot::Linux {
             kernel: cli.kernel,
@@ -42,10 +46,11 @@ fn main() -> anyhow::Result<()> {
             cmdline: cli.cmdline,
         },
         cli.console_log,
-    ))
-    .context("running the VM")?;
+    );
+    config.api_socket = cli.api_socket;
+    let exit = hull_vmm::run(&config).context("running the VM")?;
     match exit {
-        VcpuExitReason::Shutdown | VcpuExitReason::Halted => Ok(()),
+        VcpuExitReason::Shutdown | VcpuExitReason::Halted | VcpuExitReason::Stopped => Ok(()),
         VcpuExitReason::Failed(reason) => anyhow::bail!("the guest failed: {reason}"),
     }
 }

@@ -5,8 +5,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use hull_vmm::{Boot, VcpuExitReason, VmmConfig};
+use hull_vmm::control::{ControlError, Request, Response};
+use hull_vmm::{Boot, RunState, VcpuExitReason, VmmConfig};
 
 /// Where the tiny guests are linked and started: above the real-mode IVT
 /// and BIOS data area.
@@ -95,4 +97,124 @@ fn virtio_rng_registers_read_through_mmio() {
 fn a_keyboard_controller_reset_ends_the_vm() {
     let (exit, _) = run_guest("reset");
     assert_eq!(exit, VcpuExitReason::Shutdown);
+}
+
+/// A request to the control channel, retried while the socket is not up yet.
+fn control(socket: &Path, request: Request) -> Response {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match hull_vmm::control::request(socket, request, Duration::from_secs(10)) {
+            Ok(response) => return response,
+            Err(ControlError::Io { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(err) => panic!("{request:?}: {err}"),
+        }
+    }
+}
+
+fn console_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Waits until the console log grows past `len`.
+fn wait_for_output(path: &Path, len: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = console_len(path);
+        if now > len {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "the guest wrote nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_control_channel_pauses_resumes_and_stops_a_running_guest() {
+    let dir = tempfile::tempdir().expect("dir");
+    let image = assemble("ticker", dir.path());
+    let console_log = dir.path().join("console.log");
+    let socket = dir.path().join("api.sock");
+    let mut config = VmmConfig::new(
+        16,
+        Boot::RealMode {
+            image,
+            entry: ENTRY,
+        },
+        console_log.clone(),
+    );
+    config.api_socket = Some(socket.clone());
+    let vmm = std::thread::spawn(move || hull_vmm::run(&config));
+
+    let state = control(&socket, Request::State);
+    assert_eq!(state.error, None);
+    let output = wait_for_output(&console_log, 0);
+    let timeline = control(&socket, Request::State).timeline;
+    let built = timeline.vm_built_ns.expect("VM built");
+    let entry = timeline.kernel_entry_ns.expect("guest entered");
+    assert!(
+        timeline.vmm_start_ns <= built && built <= entry,
+        "{timeline:?}"
+    );
+
+    let paused = control(&socket, Request::Pause);
+    assert_eq!(paused.state, RunState::Paused);
+    let at_pause = console_len(&console_log);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(console_len(&console_log), at_pause, "a paused guest ran");
+    assert!(at_pause >= output);
+
+    let resumed = control(&socket, Request::Resume);
+    assert_eq!(resumed.state, RunState::Running);
+    wait_for_output(&console_log, at_pause);
+
+    let stopping = control(&socket, Request::Stop);
+    assert_eq!(stopping.state, RunState::Stopping);
+    let exit = vmm.join().expect("VMM thread").expect("VMM run");
+    assert_eq!(exit, VcpuExitReason::Stopped);
+    assert!(!socket.exists(), "the control socket outlived the VMM");
+}
+
+#[test]
+fn a_bad_control_request_is_refused_and_the_channel_keeps_serving() {
+    use std::io::{BufRead, BufReader, Write};
+
+    let dir = tempfile::tempdir().expect("dir");
+    let image = assemble("ticker", dir.path());
+    let socket = dir.path().join("api.sock");
+    let mut config = VmmConfig::new(
+        16,
+        Boot::RealMode {
+            image,
+            entry: ENTRY,
+        },
+        dir.path().join("console.log"),
+    );
+    config.api_socket = Some(socket.clone());
+    let vmm = std::thread::spawn(move || hull_vmm::run(&config));
+    control(&socket, Request::State);
+
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+    stream.write_all(b"{\"op\":\"explode\"}\n").expect("write");
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .expect("read");
+    let answer: Response = serde_json::from_str(&answer).expect("a JSON answer");
+    assert!(
+        answer
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("bad request")),
+        "{answer:?}"
+    );
+    drop(stream);
+
+    assert_eq!(control(&socket, Request::Resume).state, RunState::Running);
+    control(&socket, Request::Stop);
+    assert_eq!(
+        vmm.join().expect("thread").expect("run"),
+        VcpuExitReason::Stopped
+    );
 }

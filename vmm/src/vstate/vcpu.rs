@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+use super::run_control::{Next, RunControl};
 use super::vm::Vm;
 use crate::devices::Bus;
 
@@ -30,6 +31,18 @@ pub enum VcpuExitReason {
     Shutdown,
     /// KVM could not run or emulate the guest; the string says why.
     Failed(String),
+    /// The host asked the VM to stop (or another vCPU ended it).
+    Stopped,
+}
+
+/// What a vCPU's run loop works with, shared by every vCPU.
+#[derive(Debug)]
+pub struct RunContext<'a> {
+    pub pio: &'a Bus,
+    pub mmio: &'a Bus,
+    /// Set by a device that resets the machine.
+    pub reset: &'a AtomicBool,
+    pub control: &'a RunControl,
 }
 
 #[derive(Debug)]
@@ -65,14 +78,19 @@ impl Vcpu {
     }
 
     /// Runs guest code until the vCPU stops, routing port I/O and MMIO. A
-    /// device that resets the machine sets `reset`, which ends the run.
-    pub fn run(
-        &mut self,
-        pio: &Bus,
-        mmio: &Bus,
-        reset: &AtomicBool,
-    ) -> Result<VcpuExitReason, VcpuError> {
+    /// device that resets the machine sets `reset`, which ends the run; the
+    /// run control pauses it or stops it between two entries into the guest.
+    pub fn run(&mut self, context: &RunContext<'_>) -> Result<VcpuExitReason, VcpuError> {
+        let RunContext {
+            pio,
+            mmio,
+            reset,
+            control,
+        } = *context;
         loop {
+            if control.before_entry() == Next::Exit {
+                return Ok(VcpuExitReason::Stopped);
+            }
             match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     pio.write(u64::from(port), data);
@@ -98,6 +116,7 @@ impl Vcpu {
                 Ok(other) => {
                     return Ok(VcpuExitReason::Failed(format!("unhandled exit {other:?}")));
                 }
+                // A kick from the run control: look at it before re-entering.
                 Err(err) if err.errno() == libc_eintr() => continue,
                 Err(err) => return Err(VcpuError::Run(err)),
             }
