@@ -25,7 +25,7 @@ pub enum VmError {
     HelperExited {
         name: &'static str,
         status: String,
-        timeline: Timeline,
+        timeline: Box<Timeline>,
         console: String,
     },
 
@@ -35,9 +35,18 @@ pub enum VmError {
     BootTimeout {
         port: u32,
         seconds: u64,
-        timeline: Timeline,
+        timeline: Box<Timeline>,
         console: String,
     },
+
+    #[error("{operation} is not supported by the {backend} backend")]
+    Unsupported {
+        operation: &'static str,
+        backend: &'static str,
+    },
+
+    #[error("the VMM's control channel: {0}")]
+    Control(String),
 
     #[error("vsock port {port}: {reason}")]
     Vsock { port: u32, reason: String },

@@ -2,22 +2,32 @@
 //! initrd, vCPUs, memory and a shared directory; reach a guest vsock port as
 //! a byte stream; stop it and leave nothing behind.
 //!
-//! The backend is QEMU (`-machine microvm`) with `virtiofsd` for the shared
-//! directory and `vhost-device-vsock` for hybrid vsock: the host connects to
-//! a Unix socket and writes `CONNECT <port>\n`, the protocol `hull-vmm` offers
-//! too. [`host`] decides between KVM and TCG.
+//! Two backends ([`backend`] picks one): `hull`, Hull's own VMM, wherever
+//! KVM has hardware virtualization, and QEMU (`-machine microvm`) otherwise.
+//! Both share `virtiofsd` for the shared directory and speak hybrid vsock:
+//! the host connects to a Unix socket and writes `CONNECT <port>\n` (QEMU
+//! through `vhost-device-vsock`, hull-vmm by itself). [`host`] says what the
+//! host's KVM can do.
 
+pub mod backend;
 pub mod console;
 pub mod error;
 pub mod host;
+pub mod hull;
 pub mod process;
 pub mod qemu;
 pub mod timeline;
+mod virtiofsd;
+pub mod vm;
 pub mod vsock;
+mod work_dir;
 
+pub use backend::{Backend, BackendKind};
 pub use error::VmError;
-pub use qemu::{Qemu, QemuVm};
+pub use hull::HullVmm;
+pub use qemu::Qemu;
 pub use timeline::Timeline;
+pub use vm::Vm;
 
 use std::path::PathBuf;
 

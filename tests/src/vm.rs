@@ -1,10 +1,11 @@
-//! A real guest: the guest image booted by the QEMU backend, with the agent
-//! as PID 1, reached over hybrid vsock, and a shared directory over virtio-fs.
+//! A real guest: the guest image booted by a backend (QEMU, or hull-vmm where
+//! KVM has hardware virtualization), with the agent as PID 1, reached over
+//! hybrid vsock, and a shared directory over virtio-fs.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hull_hypervisor::{Qemu, QemuVm, SHARED_FS_TAG, VmConfig};
+use hull_hypervisor::{Backend, BackendKind, HullVmm, SHARED_FS_TAG, Vm, VmConfig};
 use hull_proto::v1 as api;
 use hull_proto::v1::AGENT_VSOCK_PORT;
 use hull_proto::v1::agent_client::AgentClient;
@@ -28,6 +29,17 @@ pub fn guest_image() -> (PathBuf, PathBuf) {
     crate::kernel_and_initrd(&dir, "vmlinux", "guest-image/build.sh")
 }
 
+/// The backend `kind` picks on this host, running this workspace's hull-vmm.
+pub fn backend(kind: BackendKind) -> Backend {
+    match Backend::detect(kind).unwrap_or_else(|err| panic!("{err}")) {
+        Backend::Hull(hull) => Backend::Hull(HullVmm {
+            vmm: crate::workspace_binary("hull-vmm").display().to_string(),
+            ..hull
+        }),
+        qemu => qemu,
+    }
+}
+
 /// A VM configuration in a fresh temporary directory.
 pub fn vm_config(dir: &Path) -> VmConfig {
     let (kernel, initrd) = guest_image();
@@ -47,21 +59,26 @@ pub fn vm_config(dir: &Path) -> VmConfig {
 
 #[derive(Debug)]
 pub struct TestVm {
-    pub vm: Option<QemuVm>,
+    pub vm: Option<Vm>,
     pub config: VmConfig,
     pub dir: tempfile::TempDir,
     pub client: AgentClient<Channel>,
 }
 
 impl TestVm {
-    /// Boots a guest and sets up its sandbox with the shared directory.
+    /// Boots a guest with the host's default backend and sets up its sandbox
+    /// with the shared directory.
     pub async fn boot() -> Self {
+        Self::boot_with(backend(BackendKind::Auto)).await
+    }
+
+    /// The same, with the given backend.
+    pub async fn boot_with(backend: Backend) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("hull-vm-")
             .tempdir()
             .expect("temp dir");
         let config = vm_config(dir.path());
-        let backend = Qemu::detect();
         let started = config.clone();
         let vm = tokio::task::spawn_blocking(move || {
             let mut vm = backend.start(&started)?;
@@ -95,7 +112,7 @@ impl TestVm {
         test_vm
     }
 
-    pub fn vm(&self) -> &QemuVm {
+    pub fn vm(&self) -> &Vm {
         self.vm.as_ref().expect("the VM is running")
     }
 
@@ -133,7 +150,7 @@ impl AgentUnderTest for TestVm {
 }
 
 /// A gRPC channel whose every connection is a new hybrid vsock stream.
-async fn connect(vm: &QemuVm) -> AgentClient<Channel> {
+async fn connect(vm: &Vm) -> AgentClient<Channel> {
     let uds = vm.vsock_uds().to_owned();
     let channel = Endpoint::from_static("http://hull-agent.invalid")
         .connect_with_connector(tower::service_fn(move |_: Uri| {

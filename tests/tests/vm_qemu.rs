@@ -205,7 +205,7 @@ fn virtiofsd_killed_during_boot_is_named_and_cleaned_up() {
         .expect_err("the boot should fail")
         .to_string();
     assert!(err.starts_with("virtiofsd exited during boot"), "{err}");
-    assert!(err.contains("timeline: VM process started"), "{err}");
+    assert!(err.contains("timeline: VMM started"), "{err}");
     drop(vm);
     for (name, pid) in pids {
         assert!(!process_alive(pid), "{name} ({pid}) survived");

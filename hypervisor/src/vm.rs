@@ -1,51 +1,65 @@
-//! A running QEMU VM and its helpers.
+//! A running VM, whichever backend started it: the VMM process (QEMU or
+//! hull-vmm), its helpers, its console and its hybrid vsock socket.
 
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::WorkDir;
+use hull_vmm::control::{self, Request};
+
 use crate::console::Console;
 use crate::process::Helper;
 use crate::timeline::Timeline;
+use crate::work_dir::WorkDir;
 use crate::{VmError, vsock};
 
 /// How often the boot is checked on.
 const POLL: Duration = Duration::from_millis(100);
+/// How long a control request may take (a pause waits for every vCPU).
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
-pub struct QemuVm {
-    qemu: Helper,
+pub struct Vm {
+    vmm: Helper,
     helpers: Vec<Helper>,
     console: Console,
     timeline: Timeline,
     vsock_uds: PathBuf,
+    /// hull-vmm's control channel; QEMU has none here.
+    control_socket: Option<PathBuf>,
     // Last: the work directory goes after every process that uses it.
     work_dir: WorkDir,
 }
 
-impl QemuVm {
-    pub(super) fn new(
-        qemu: Helper,
+impl Vm {
+    pub(crate) fn new(
+        vmm: Helper,
         helpers: Vec<Helper>,
         console: Console,
         timeline: Timeline,
         work_dir: WorkDir,
         vsock_uds: PathBuf,
+        control_socket: Option<PathBuf>,
     ) -> Self {
         Self {
-            qemu,
+            vmm,
             helpers,
             console,
             timeline,
             vsock_uds,
+            control_socket,
             work_dir,
         }
     }
 
-    /// The pids of QEMU and its helpers, QEMU first.
+    /// The VMM process's name: "qemu" or "hull-vmm".
+    pub fn vmm_name(&self) -> &'static str {
+        self.vmm.name
+    }
+
+    /// The pids of the VMM and its helpers, the VMM first.
     pub fn pids(&self) -> Vec<(&'static str, u32)> {
-        std::iter::once(&self.qemu)
+        std::iter::once(&self.vmm)
             .chain(&self.helpers)
             .map(|helper| (helper.name, helper.pid()))
             .collect()
@@ -80,6 +94,7 @@ impl QemuVm {
             self.check_alive()?;
             if let Ok(stream) = vsock::connect(&self.vsock_uds, port) {
                 self.timeline.agent_ready = Some(self.timeline.started.elapsed());
+                self.timeline.kernel_entry = self.kernel_entry();
                 tracing::info!(timeline = %self.timeline(), "agent ready");
                 return Ok(stream);
             }
@@ -87,12 +102,53 @@ impl QemuVm {
                 return Err(VmError::BootTimeout {
                     port,
                     seconds: timeout.as_secs(),
-                    timeline: self.timeline(),
+                    timeline: Box::new(self.timeline()),
                     console: self.console_tail(),
                 });
             }
             std::thread::sleep(POLL);
         }
+    }
+
+    /// When the VMM entered the guest kernel, from its control channel.
+    fn kernel_entry(&self) -> Option<Duration> {
+        let socket = self.control_socket.as_ref()?;
+        let state = control::request(socket, Request::State, CONTROL_TIMEOUT).ok()?;
+        let entry = state.timeline.kernel_entry_ns?;
+        Some(Duration::from_nanos(
+            entry.checked_sub(self.timeline.started_monotonic_ns)?,
+        ))
+    }
+
+    /// Takes every vCPU out of the guest until [`Vm::resume`].
+    pub fn pause(&self) -> Result<(), VmError> {
+        self.control("pause", Request::Pause)
+    }
+
+    pub fn resume(&self) -> Result<(), VmError> {
+        self.control("resume", Request::Resume)
+    }
+
+    /// Whether the vCPUs run, are paused, or are stopping.
+    pub fn run_state(&self) -> Result<hull_vmm::RunState, VmError> {
+        let socket = self.control_socket("state")?;
+        control::request(socket, Request::State, CONTROL_TIMEOUT)
+            .map(|response| response.state)
+            .map_err(|err| VmError::Control(err.to_string()))
+    }
+
+    fn control_socket(&self, operation: &'static str) -> Result<&PathBuf, VmError> {
+        self.control_socket.as_ref().ok_or(VmError::Unsupported {
+            operation,
+            backend: self.vmm.name,
+        })
+    }
+
+    fn control(&self, operation: &'static str, request: Request) -> Result<(), VmError> {
+        let socket = self.control_socket(operation)?;
+        control::request(socket, request, CONTROL_TIMEOUT)
+            .map(drop)
+            .map_err(|err| VmError::Control(err.to_string()))
     }
 
     /// A new byte stream to guest `port`.
@@ -101,12 +157,12 @@ impl QemuVm {
     }
 
     fn check_alive(&mut self) -> Result<(), VmError> {
-        // Helpers first: when one dies QEMU often dies of it, and the helper
-        // is what the error should name.
+        // Helpers first: when one dies the VMM often dies of it, and the
+        // helper is what the error should name.
         for helper in self
             .helpers
             .iter_mut()
-            .chain(std::iter::once(&mut self.qemu))
+            .chain(std::iter::once(&mut self.vmm))
         {
             if let Some(status) = helper.exited() {
                 let name = helper.name;
@@ -119,7 +175,7 @@ impl QemuVm {
                 return Err(VmError::HelperExited {
                     name,
                     status: status.to_string(),
-                    timeline: self.timeline(),
+                    timeline: Box::new(self.timeline()),
                     console,
                 });
             }
@@ -131,18 +187,18 @@ impl QemuVm {
     /// after the agent's DestroySandbox; then stops everything regardless.
     /// Returns whether the guest had powered off by itself.
     pub fn shutdown(mut self, timeout: Duration) -> bool {
-        let clean = self.qemu.wait_timeout(timeout).is_some();
+        let clean = self.vmm.wait_timeout(timeout).is_some();
         self.stop_all();
         clean
     }
 
-    /// Kills QEMU and its helpers now and removes the work directory.
+    /// Kills the VMM and its helpers now and removes the work directory.
     pub fn kill(mut self) {
         self.stop_all();
     }
 
     fn stop_all(&mut self) {
-        self.qemu.kill();
+        self.vmm.kill();
         for helper in &mut self.helpers {
             helper.kill();
         }
@@ -150,7 +206,7 @@ impl QemuVm {
     }
 }
 
-impl Drop for QemuVm {
+impl Drop for Vm {
     fn drop(&mut self) {
         self.stop_all();
     }

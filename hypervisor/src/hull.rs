@@ -1,0 +1,101 @@
+//! The `hull` backend: Hull's own VMM, `hull-vmm`, with `virtiofsd` for the
+//! shared directory. Its vsock device speaks hybrid vsock itself, so unlike
+//! QEMU it needs no vhost-device-vsock.
+
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::console::Console;
+use crate::process::{Helper, find_program};
+use crate::timeline::Timeline;
+use crate::vm::Vm;
+use crate::work_dir::WorkDir;
+use crate::{SHARED_FS_TAG, VmConfig, VmError};
+
+/// The guest's CID; the host side is addressed through the Unix socket, so
+/// every VM can use the same one.
+const GUEST_CID: u32 = 3;
+
+/// The programs the backend runs.
+#[derive(Debug, Clone)]
+pub struct HullVmm {
+    pub vmm: String,
+    pub virtiofsd: String,
+}
+
+impl Default for HullVmm {
+    /// The programs from PATH.
+    fn default() -> Self {
+        Self {
+            vmm: "hull-vmm".into(),
+            virtiofsd: "virtiofsd".into(),
+        }
+    }
+}
+
+impl HullVmm {
+    /// Starts virtiofsd and hull-vmm. The VM is booting when this returns;
+    /// [`Vm::wait_for_agent`] waits for the agent.
+    pub fn start(&self, config: &VmConfig) -> Result<Vm, VmError> {
+        config.validate()?;
+        if config.vcpus != 1 {
+            return Err(VmError::Config {
+                field: "vcpus",
+                reason: format!(
+                    "{}: the hull backend runs one vCPU per VM so far (use the qemu backend for more)",
+                    config.vcpus
+                ),
+            });
+        }
+        let vmm = find_program(&self.vmm)?;
+        let virtiofsd = find_program(&self.virtiofsd)?;
+
+        let work_dir = WorkDir::create(&config.work_dir)?;
+        let fs_socket = work_dir.path().join("fs.sock");
+        let vsock_uds = work_dir.path().join("vsock.uds");
+        let api_socket = work_dir.path().join("api.sock");
+
+        let virtiofsd =
+            crate::virtiofsd::start(&virtiofsd, &config.shared_dir, &fs_socket, &work_dir)?;
+
+        let started = Instant::now();
+        let timeline = Timeline::new(started);
+        let mut vm = Helper::spawn(
+            "hull-vmm",
+            Command::new(vmm)
+                .arg("--kernel")
+                .arg(&config.kernel)
+                .arg("--initrd")
+                .arg(&config.initrd)
+                .args(["--memory-mib", &config.memory_mib.to_string()])
+                .arg("--vsock-uds")
+                .arg(&vsock_uds)
+                .args(["--vsock-cid", &GUEST_CID.to_string()])
+                .arg("--fs-socket")
+                .arg(&fs_socket)
+                .args(["--fs-tag", SHARED_FS_TAG])
+                .arg("--api-socket")
+                .arg(&api_socket)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(work_dir.log_file("hull-vmm.log")?),
+        )?;
+        let output = vm
+            .child()
+            .stdout
+            .take()
+            .ok_or_else(|| VmError::io("hull-vmm", std::io::Error::other("no console pipe")))?;
+        let console = Console::start(output, &config.console_log, started).map_err(|err| {
+            VmError::io(format!("console log {}", config.console_log.display()), err)
+        })?;
+        Ok(Vm::new(
+            vm,
+            vec![virtiofsd],
+            console,
+            timeline,
+            work_dir,
+            vsock_uds,
+            Some(api_socket),
+        ))
+    }
+}

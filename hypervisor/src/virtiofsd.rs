@@ -1,0 +1,34 @@
+//! `virtiofsd`, which serves the pod's shared directory to either backend.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::VmError;
+use crate::process::Helper;
+use crate::work_dir::{WorkDir, wait_for_socket};
+
+/// Starts virtiofsd on `shared_dir` and waits for its vhost-user socket.
+///
+/// `--cache auto` lets the guest cache what the host does not change behind
+/// its back, which is the case for a container's rootfs and volumes.
+pub(crate) fn start(
+    program: &Path,
+    shared_dir: &Path,
+    socket: &Path,
+    work_dir: &WorkDir,
+) -> Result<Helper, VmError> {
+    let mut virtiofsd = Helper::spawn(
+        "virtiofsd",
+        Command::new(program)
+            .arg("--socket-path")
+            .arg(socket)
+            .arg("--shared-dir")
+            .arg(shared_dir)
+            .args(["--cache", "auto", "--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(work_dir.log_file("virtiofsd.log")?),
+    )?;
+    wait_for_socket(&mut virtiofsd, socket)?;
+    Ok(virtiofsd)
+}
