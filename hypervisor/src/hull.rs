@@ -38,15 +38,6 @@ impl HullVmm {
     /// [`Vm::wait_for_agent`] waits for the agent.
     pub fn start(&self, config: &VmConfig) -> Result<Vm, VmError> {
         config.validate()?;
-        if config.vcpus != 1 {
-            return Err(VmError::Config {
-                field: "vcpus",
-                reason: format!(
-                    "{}: the hull backend runs one vCPU per VM so far (use the qemu backend for more)",
-                    config.vcpus
-                ),
-            });
-        }
         let vmm = find_program(&self.vmm)?;
         let virtiofsd = find_program(&self.virtiofsd)?;
 
@@ -68,6 +59,7 @@ impl HullVmm {
                 .arg("--initrd")
                 .arg(&config.initrd)
                 .args(["--memory-mib", &config.memory_mib.to_string()])
+                .args(["--vcpus", &config.vcpus.to_string()])
                 .arg("--vsock-uds")
                 .arg(&vsock_uds)
                 .args(["--vsock-cid", &GUEST_CID.to_string()])

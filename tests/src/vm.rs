@@ -69,16 +69,19 @@ impl TestVm {
     /// Boots a guest with the host's default backend and sets up its sandbox
     /// with the shared directory.
     pub async fn boot() -> Self {
-        Self::boot_with(backend(BackendKind::Auto)).await
+        Self::boot_with(backend(BackendKind::Auto), 1).await
     }
 
-    /// The same, with the given backend.
-    pub async fn boot_with(backend: Backend) -> Self {
+    /// The same, with the given backend and number of vCPUs.
+    pub async fn boot_with(backend: Backend, vcpus: u32) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("hull-vm-")
             .tempdir()
             .expect("temp dir");
-        let config = vm_config(dir.path());
+        let config = VmConfig {
+            vcpus,
+            ..vm_config(dir.path())
+        };
         let started = config.clone();
         let vm = tokio::task::spawn_blocking(move || {
             let mut vm = backend.start(&started)?;

@@ -70,7 +70,7 @@ fn hull_vmm_boots_the_guest_image_to_the_agent() {
     let script = format!(
         r#"
 start=$(date +%s%N)
-{vmm} --kernel {kernel} --initrd {initrd} --console-log /tmp/console.log 2>/tmp/vmm.log &
+{vmm} --kernel {kernel} --initrd {initrd} --vcpus 2 --console-log /tmp/console.log 2>/tmp/vmm.log &
 vmm=$!
 for i in $(seq 1 900); do
   grep -q 'serving on vsock' /tmp/console.log 2>/dev/null && break
@@ -80,6 +80,8 @@ done
 echo "agent line after $(( ($(date +%s%N) - start) / 1000000 )) ms"
 kill $vmm 2>/dev/null
 grep -o 'serving on vsock' /tmp/console.log || {{ cat /tmp/vmm.log; tail -n 30 /tmp/console.log; exit 1; }}
+# The MP table brought up the second vCPU.
+grep -o 'smp: Brought up 1 node, 2 CPUs' /tmp/console.log || grep -i 'smp\|cpu' /tmp/console.log
 
 # A guest that resets ends the VM: with no init the kernel panics, and
 # panic=-1 with reboot=k resets through the keyboard controller at once.
@@ -96,6 +98,11 @@ grep -o 'Kernel panic' /tmp/panic.log | head -n 1
     println!("{}", outcome.output);
     assert_eq!(outcome.exit_code, 0, "output:\n{}", outcome.output);
     assert!(outcome.output.contains("serving on vsock"));
+    assert!(
+        outcome.output.contains("smp: Brought up 1 node, 2 CPUs"),
+        "{}",
+        outcome.output
+    );
     // hull-vmm ended by itself, successfully, when the guest reset.
     assert!(
         outcome.output.contains("reset exit 0"),

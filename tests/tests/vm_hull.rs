@@ -58,7 +58,8 @@ async fn inside_the_kvm_test_host() {
     // Hardware KVM here, so the default backend is hull-vmm.
     let backend = backend(BackendKind::Auto);
     assert_eq!(backend.name(), "hull");
-    let mut vm = TestVm::boot_with(backend).await;
+    // Two vCPUs: the guest finds the second one through the MP table.
+    let mut vm = TestVm::boot_with(backend, 2).await;
     assert_eq!(vm.vm().vmm_name(), "hull-vmm");
 
     // The boot timeline: VMM start, kernel entry, agent ready.
@@ -78,7 +79,11 @@ async fn inside_the_kvm_test_host() {
     let hello = vm
         .run_container(
             &id,
-            &spec::simple(&["sh", "-c", "echo hello from a hull-vmm guest; uname -r"]),
+            &spec::simple(&[
+                "sh",
+                "-c",
+                "echo hello from a hull-vmm guest; uname -r; grep -c ^processor /proc/cpuinfo",
+            ]),
         )
         .await;
     let host_release = nix::sys::utsname::uname().expect("uname");
@@ -95,6 +100,7 @@ async fn inside_the_kvm_test_host() {
         host_release.release().to_string_lossy(),
         "the container ran on the test host's kernel"
     );
+    assert_eq!(output.lines().nth(2), Some("2"), "CPUs online: {output}");
     vm.remove(&id, false).await.expect("remove");
 
     // A write from the guest lands in the shared directory on the host.

@@ -52,6 +52,8 @@ const VIRTIO_FIRST_IRQ: u32 = 5;
 #[derive(Debug, Clone)]
 pub struct VmmConfig {
     pub memory_mib: u32,
+    /// vCPUs; more than one needs a Linux guest.
+    pub vcpus: u8,
     pub boot: Boot,
     /// The serial console is written here.
     pub console_log: PathBuf,
@@ -68,6 +70,7 @@ impl VmmConfig {
     pub fn new(memory_mib: u32, boot: Boot, console_log: PathBuf) -> Self {
         Self {
             memory_mib,
+            vcpus: 1,
             boot,
             console_log,
             vsock: None,
@@ -108,6 +111,8 @@ pub enum BuildError {
     Linux(#[from] crate::arch::linux::LinuxError),
     #[error(transparent)]
     Regs(#[from] crate::arch::regs::RegsError),
+    #[error(transparent)]
+    MpTable(#[from] crate::arch::mptable::MpTableError),
     #[error("{what}: {source}")]
     Kvm {
         what: &'static str,
@@ -206,8 +211,20 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
         virtio_cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
     }
 
-    // 5. The guest image and the vCPU at its entry point.
-    let mut vcpu = Vcpu::new(&vm, 0)?;
+    // 5. The guest image, the vCPUs, and the boot vCPU at its entry point.
+    let linux_vcpus = match &config.boot {
+        Boot::Linux { .. } => config.vcpus,
+        Boot::RealMode { .. } => 1,
+    };
+    if config.vcpus != linux_vcpus {
+        return Err(BuildError::Config {
+            field: "vcpus",
+            reason: "a real-mode guest runs on one vCPU".into(),
+        });
+    }
+    let mut vcpus = (0..config.vcpus)
+        .map(|id| Vcpu::new(&vm, u64::from(id)))
+        .collect::<Result<Vec<_>, _>>()?;
     match &config.boot {
         Boot::RealMode { image, entry } => {
             let bytes =
@@ -228,7 +245,7 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
                     field: "boot.image",
                     reason: err.to_string(),
                 })?;
-            vcpu.set_real_mode_entry(*entry)?;
+            vcpus[0].set_real_mode_entry(*entry)?;
         }
         Boot::Linux {
             kernel,
@@ -237,7 +254,12 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
         } => {
             let cmdline = format!("{cmdline}{virtio_cmdline}");
             let entry = crate::arch::linux::load(vm.memory(), kernel, initrd.as_deref(), &cmdline)?;
-            crate::arch::regs::setup_long_mode(vm.kvm(), vcpu.fd(), vm.memory(), entry, 0)?;
+            crate::arch::mptable::setup(vm.memory(), config.vcpus)?;
+            // The others wait in KVM for the kernel to start them (INIT/SIPI).
+            for (id, vcpu) in vcpus.iter().enumerate().skip(1) {
+                crate::arch::regs::setup_application_processor(vm.kvm(), vcpu.fd(), id as u8)?;
+            }
+            crate::arch::regs::setup_long_mode(vm.kvm(), vcpus[0].fd(), vm.memory(), entry, 0)?;
         }
     }
 
@@ -246,7 +268,7 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
     // 6. The control channel, before any guest code runs, so a pause or
     // stop can come at any point of the boot.
     install_kick_handler().map_err(io("installing the vCPU kick signal handler"))?;
-    let control = Arc::new(RunControl::new(1));
+    let control = Arc::new(RunControl::new(vcpus.len()));
     let threads = Arc::new(VcpuThreads::default());
     let _control_server = match &config.api_socket {
         Some(path) => Some(
@@ -261,28 +283,39 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
         None => None,
     };
 
-    // 7. The vCPU in its own thread, entering the guest.
+    // 7. Each vCPU in its own thread, entering the guest.
     let (exits, first_exit) = mpsc::channel::<VcpuResult>();
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
-    let handle = {
-        let control = Arc::clone(&control);
-        let timeline = Arc::clone(&timeline);
-        std::thread::Builder::new()
-            .name("vcpu0".into())
+    for (id, mut vcpu) in vcpus.drain(..).enumerate() {
+        let (pio, mmio, reset) = (Arc::clone(&pio), Arc::clone(&mmio), Arc::clone(&reset));
+        let (run_control, timeline, exits) =
+            (Arc::clone(&control), Arc::clone(&timeline), exits.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
             .spawn(move || {
-                timeline.kernel_entry();
+                if id == 0 {
+                    timeline.kernel_entry();
+                }
                 let result = vcpu.run(&RunContext {
                     pio: &pio,
                     mmio: &mmio,
                     reset: &reset,
-                    control: &control,
+                    control: &run_control,
                 });
-                control.exited();
+                run_control.exited();
                 let _ = exits.send(result);
-            })
-            .map_err(io("starting the vCPU thread"))?
-    };
-    threads.push(handle);
+            });
+        match spawned {
+            Ok(handle) => threads.push(handle),
+            Err(err) => {
+                // The vCPUs that did start must not outlive the VM.
+                let _ = control.stop(|| threads.kick(), STOP_TIMEOUT);
+                threads.join_all();
+                return Err(io("starting a vCPU thread")(err));
+            }
+        }
+    }
+    drop(exits);
 
     // 8. The first vCPU to stop ends the VM for all of them.
     let result = first_exit.recv().unwrap_or(Ok(VcpuExitReason::Stopped));

@@ -18,6 +18,8 @@ struct Cli {
     initrd: Option<PathBuf>,
     #[arg(long, default_value_t = 256)]
     memory_mib: u32,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
     /// The guest's serial console is written here.
     #[arg(long, default_value = "/dev/stdout")]
     console_log: PathBuf,
@@ -48,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         cli.console_log,
     );
     config.api_socket = cli.api_socket;
+    config.vcpus = cli.vcpus;
     let exit = hull_vmm::run(&config).context("running the VM")?;
     match exit {
         VcpuExitReason::Shutdown | VcpuExitReason::Halted | VcpuExitReason::Stopped => Ok(()),

@@ -142,6 +142,17 @@ pub fn setup_long_mode(
     wire_lapic_for_pic(vcpu)
 }
 
+/// Sets up an application processor: it waits in KVM for the kernel's
+/// INIT/SIPI, and needs only its CPUID and local APIC wiring until then.
+pub fn setup_application_processor(
+    kvm_handle: &Kvm,
+    vcpu: &VcpuFd,
+    id: u8,
+) -> Result<(), RegsError> {
+    setup_cpuid(kvm_handle, vcpu, id)?;
+    wire_lapic_for_pic(vcpu)
+}
+
 /// CPUID as KVM supports it on this host, the hypervisor leaves unchanged
 /// (KVM's signature and features, which PVM guests rely on), with this
 /// vCPU's APIC ID and the hypervisor bit in leaf 1.
@@ -156,6 +167,10 @@ fn setup_cpuid(kvm_handle: &Kvm, vcpu: &VcpuFd, id: u8) -> Result<(), RegsError>
             // Without it the guest ignores the KVM leaves, has no kvmclock,
             // and must calibrate its TSC against the PIT.
             entry.ecx |= 1 << CPUID_ECX_HYPERVISOR;
+        }
+        // The x2APIC ID in the topology leaf must match the APIC ID.
+        if entry.function == 0xb {
+            entry.edx = u32::from(id);
         }
     }
     vcpu.set_cpuid2(&cpuid).map_err(kvm("setting CPUID"))
