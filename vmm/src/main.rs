@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use hull_vmm::{Boot, VcpuExitReason, VmmConfig};
+use hull_vmm::{Boot, FsConfig, VcpuExitReason, VmmConfig};
 
 /// The kernel command line every Hull guest gets; the virtio-mmio devices
 /// are appended. A reset (`reboot=k`) ends the VM.
@@ -23,6 +23,18 @@ struct Cli {
     console_log: PathBuf,
     #[arg(long, default_value = DEFAULT_CMDLINE)]
     cmdline: String,
+    /// A virtio-fs device served by the vhost-user back end (virtiofsd)
+    /// listening on this socket.
+    #[arg(long, value_name = "PATH")]
+    fs_socket: Option<PathBuf>,
+    /// The tag the guest mounts the virtio-fs device by.
+    #[arg(
+        long,
+        value_name = "TAG",
+        default_value = "hullfs",
+        requires = "fs_socket"
+    )]
+    fs_tag: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,7 +46,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let exit = hull_vmm::run(&VmmConfig::new(
+    let mut config = VmmConfig::new(
         cli.memory_mib,
         Boot::Linux {
             kernel: cli.kernel,
@@ -42,8 +54,12 @@ fn main() -> anyhow::Result<()> {
             cmdline: cli.cmdline,
         },
         cli.console_log,
-    ))
-    .context("running the VM")?;
+    );
+    config.fs = cli.fs_socket.map(|socket_path| FsConfig {
+        tag: cli.fs_tag,
+        socket_path,
+    });
+    let exit = hull_vmm::run(&config).context("running the VM")?;
     match exit {
         VcpuExitReason::Shutdown | VcpuExitReason::Halted => Ok(()),
         VcpuExitReason::Failed(reason) => anyhow::bail!("the guest failed: {reason}"),
