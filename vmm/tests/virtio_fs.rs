@@ -221,3 +221,157 @@ fn a_missing_virtiofsd_socket_is_named() {
     assert!(err.starts_with("fs.socket_path "), "{err}");
     assert!(err.contains("absent.sock"), "{err}");
 }
+
+mod host_driven {
+    //! The same device driven from the host side of the transport, so the
+    //! test can kill virtiofsd at a moment of its choosing.
+
+    use hull_vmm::devices::BusDevice;
+    use hull_vmm::devices::virtio::Interrupt;
+    use hull_vmm::devices::virtio::fs::Fs;
+    use hull_vmm::devices::virtio::mmio::MmioTransport;
+    use hull_vmm::memory::GuestMemory;
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+    use super::*;
+
+    const DESC: u64 = 0x10_0000;
+    const AVAIL: u64 = 0x10_1000;
+    const USED: u64 = 0x10_2000;
+    const REQUEST: u64 = 0x10_3000;
+    const REPLY: u64 = 0x10_4000;
+
+    fn write(transport: &mut MmioTransport, offset: u64, value: u32) {
+        transport.write(offset, &value.to_le_bytes());
+    }
+
+    fn read(transport: &mut MmioTransport, offset: u64) -> u32 {
+        let mut data = [0u8; 4];
+        transport.read(offset, &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    /// Sets up queue 1 and DRIVER_OK, as the guest's fs_init does.
+    fn activate(transport: &mut MmioTransport) {
+        write(transport, 0x070, 0);
+        write(transport, 0x070, 1 | 2);
+        write(transport, 0x024, 1);
+        write(transport, 0x020, 1);
+        write(transport, 0x070, 1 | 2 | 8);
+        write(transport, 0x030, 1);
+        write(transport, 0x038, 8);
+        write(transport, 0x080, DESC as u32);
+        write(transport, 0x090, AVAIL as u32);
+        write(transport, 0x0a0, USED as u32);
+        write(transport, 0x044, 1);
+        write(transport, 0x070, 1 | 2 | 8 | 4);
+    }
+
+    /// Puts a FUSE_INIT on the ring (descriptors 0 and 1, avail slot 0).
+    fn offer_fuse_init(memory: &GuestMemory) {
+        let put = |addr: u64, bytes: &[u8]| {
+            memory
+                .write_slice(bytes, GuestAddress(addr))
+                .expect("guest write")
+        };
+        let mut request = Vec::new();
+        for word in [56u32, 26, 7, 0, 0, 0, 0, 0, 0, 0, 7, 38, 0, 0] {
+            request.extend_from_slice(&word.to_le_bytes());
+        }
+        put(REQUEST, &request);
+        let descriptor = |addr: u64, len: u32, flags: u16, next: u16| {
+            let mut bytes = addr.to_le_bytes().to_vec();
+            bytes.extend_from_slice(&len.to_le_bytes());
+            bytes.extend_from_slice(&flags.to_le_bytes());
+            bytes.extend_from_slice(&next.to_le_bytes());
+            bytes
+        };
+        put(DESC, &descriptor(REQUEST, 56, 1, 1));
+        put(DESC + 16, &descriptor(REPLY, 256, 2, 0));
+        put(AVAIL + 4, &0u16.to_le_bytes());
+        put(AVAIL + 2, &1u16.to_le_bytes());
+    }
+
+    fn wait_for_used(memory: &GuestMemory) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if memory
+                .read_obj::<u16>(GuestAddress(USED + 2))
+                .expect("used")
+                == 1
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    /// Kills the process and waits until it is gone (a zombie), so that its
+    /// end of the socket is closed; the test's [`Virtiofsd`] reaps it.
+    fn kill(pid: u32) {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill virtiofsd");
+        let stat = format!("/proc/{pid}/stat");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(&stat).is_ok_and(|stat| !stat.contains(") Z ")) {
+            assert!(Instant::now() < deadline, "virtiofsd did not die");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn scenario(socket: &Path, pid: u32) {
+        // The device's reports of the dead back end show with the test's output.
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let (memory, _memfd) = hull_vmm::memory::create(16).expect("memory");
+        let device = Fs::new(TAG, socket).expect("device");
+        let interrupt = Interrupt::new(EventFd::new(EFD_NONBLOCK).expect("eventfd"));
+        let mut transport = MmioTransport::new(Box::new(device), memory.clone(), interrupt);
+        offer_fuse_init(&memory);
+        activate(&mut transport);
+        write(&mut transport, 0x050, 1);
+        assert!(wait_for_used(&memory), "no reply");
+        let major: u32 = memory.read_obj(GuestAddress(REPLY + 16)).expect("reply");
+        assert_eq!(major, 7);
+
+        kill(pid);
+
+        // Kicks never touch the socket, so they cannot fail or block.
+        for _ in 0..1000 {
+            write(&mut transport, 0x050, 1);
+        }
+        // Reset (GET_VRING_BASE on a dead socket) and a new activation fail,
+        // are logged, and return.
+        write(&mut transport, 0x070, 0);
+        activate(&mut transport);
+        write(&mut transport, 0x050, 1);
+        assert_eq!(read(&mut transport, 0x000), 0x7472_6976);
+        assert_eq!(read(&mut transport, 0x008), 26);
+        write(&mut transport, 0x070, 0);
+    }
+
+    #[test]
+    fn a_dead_virtiofsd_leaves_the_vmm_running() {
+        let dir = tempfile::tempdir().expect("dir");
+        let virtiofsd = Virtiofsd::start(dir.path());
+        let (socket, pid) = (virtiofsd.socket.clone(), virtiofsd.child.id());
+        let (done, finished) = mpsc::channel();
+        std::thread::spawn(move || {
+            scenario(&socket, pid);
+            let _ = done.send(());
+        });
+        // Well inside the device's 10 s socket timeout: nothing here may
+        // wait on a back end that is gone.
+        match finished.recv_timeout(Duration::from_secs(8)) {
+            Ok(()) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!(
+                    "the scenario failed (see its panic above); virtiofsd: {}",
+                    virtiofsd.log()
+                )
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("the device blocked"),
+        }
+    }
+}

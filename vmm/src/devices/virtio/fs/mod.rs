@@ -111,7 +111,10 @@ pub struct Fs {
     session: Session,
     active: Option<Active>,
     backend_gone: Arc<AtomicBool>,
-    log_limit: RateLimit,
+    /// Separate, so that a guest hammering the kick register cannot hide
+    /// an activation or reset failure.
+    kick_log_limit: RateLimit,
+    setup_log_limit: RateLimit,
 }
 
 impl Fs {
@@ -125,7 +128,8 @@ impl Fs {
             session,
             active: None,
             backend_gone: Arc::new(AtomicBool::new(false)),
-            log_limit: RateLimit::new(LOG_INTERVAL),
+            kick_log_limit: RateLimit::new(LOG_INTERVAL),
+            setup_log_limit: RateLimit::new(LOG_INTERVAL),
         })
     }
 
@@ -184,7 +188,7 @@ impl Fs {
     }
 
     fn log_failure(&mut self, what: &str, err: &FsError) {
-        if let Some(suppressed) = self.log_limit.allow() {
+        if let Some(suppressed) = self.setup_log_limit.allow() {
             tracing::error!(%err, suppressed, "virtio-fs: {what}");
         }
     }
@@ -237,7 +241,7 @@ impl VirtioDevice for Fs {
             .as_ref()
             .and_then(|active| active.kicks.get(index as usize)?.as_ref());
         let Some(kick) = kick else {
-            if let Some(suppressed) = self.log_limit.allow() {
+            if let Some(suppressed) = self.kick_log_limit.allow() {
                 tracing::warn!(
                     index,
                     suppressed,
@@ -248,7 +252,7 @@ impl VirtioDevice for Fs {
         };
         let result = kick.write(1);
         if self.backend_gone.load(Ordering::SeqCst) {
-            if let Some(suppressed) = self.log_limit.allow() {
+            if let Some(suppressed) = self.kick_log_limit.allow() {
                 tracing::error!(
                     index,
                     suppressed,
@@ -256,7 +260,7 @@ impl VirtioDevice for Fs {
                 );
             }
         } else if let Err(err) = result
-            && let Some(suppressed) = self.log_limit.allow()
+            && let Some(suppressed) = self.kick_log_limit.allow()
         {
             tracing::warn!(index, %err, suppressed, "virtio-fs: cannot kick the back end");
         }

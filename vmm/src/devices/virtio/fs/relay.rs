@@ -98,10 +98,12 @@ fn run(
             match event.data() {
                 STOP => return,
                 HANGUP => {
-                    backend_gone.store(true, Ordering::SeqCst);
-                    tracing::error!(
-                        "virtio-fs: the vhost-user back end (virtiofsd) hung up; the guest's file system no longer answers"
-                    );
+                    // Said once per back end, not once per relay thread.
+                    if !backend_gone.swap(true, Ordering::SeqCst) {
+                        tracing::error!(
+                            "virtio-fs: the vhost-user back end (virtiofsd) hung up; the guest's file system no longer answers"
+                        );
+                    }
                     // Level-triggered: it would fire again at once.
                     let _ = epoll.ctl(
                         ControlOperation::Delete,
