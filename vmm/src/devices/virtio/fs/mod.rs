@@ -165,21 +165,26 @@ impl Fs {
                 })
             })
             .collect();
-        let relay = Relay::spawn(
-            calls
-                .iter()
-                .map(EventFd::try_clone)
-                .collect::<Result<_, _>>()
-                .map_err(|source| FsError::Relay { source })?,
-            self.session.watch_socket()?,
-            interrupt,
-            Arc::clone(&self.backend_gone),
-        )?;
-        if let Err(err) = self.session.start(&memory, &rings, acked_features) {
-            // Leave no ring half set up behind for the next activation.
-            let _ = self.session.stop(&started);
-            return Err(err);
-        }
+        let started_backend = self.session.start(&memory, &rings, acked_features);
+        drop(rings);
+        // The relay comes last: until it runs, the call eventfds just count,
+        // so no completion is lost.
+        let relay = started_backend.and_then(|()| {
+            Relay::spawn(
+                calls,
+                self.session.watch_socket()?,
+                interrupt,
+                Arc::clone(&self.backend_gone),
+            )
+        });
+        let relay = match relay {
+            Ok(relay) => relay,
+            Err(err) => {
+                // Leave no ring half set up behind for the next activation.
+                let _ = self.session.stop(&started);
+                return Err(err);
+            }
+        };
         Ok(Active {
             kicks,
             started,
