@@ -15,6 +15,7 @@ use crate::devices::bus::Overlap;
 use crate::devices::legacy::i8042::{I8042_PORT, I8042_PORTS};
 use crate::devices::legacy::serial::{COM1_PORT, COM1_PORTS};
 use crate::devices::legacy::{I8042, SerialDevice};
+use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{MMIO_LEN, MmioTransport};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
@@ -113,6 +114,8 @@ pub enum BuildError {
     Regs(#[from] crate::arch::regs::RegsError),
     #[error(transparent)]
     MpTable(#[from] crate::arch::mptable::MpTableError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
     #[error("{what}: {source}")]
     Kvm {
         what: &'static str,
@@ -197,10 +200,15 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
         I8042_PORTS,
         Arc::new(Mutex::new(I8042::new(Arc::clone(&reset)))),
     )?;
-    let virtio_devices: Vec<(&'static str, Box<dyn VirtioDevice>)> = vec![(
+    let mut virtio_devices: Vec<(&'static str, Box<dyn VirtioDevice>)> = vec![(
         "virtio-rng",
         Box::new(Rng::new().map_err(io("opening /dev/urandom"))?),
     )];
+    // virtio-fs comes after rng and vsock: its MMIO slot and IRQ follow theirs.
+    if let Some(fs) = &config.fs {
+        let device = Fs::new(&fs.tag, &fs.socket_path)?;
+        virtio_devices.push(("virtio-fs", Box::new(device)));
+    }
     let mut virtio_cmdline = String::new();
     for (index, (name, device)) in virtio_devices.into_iter().enumerate() {
         let irq = VIRTIO_FIRST_IRQ + index as u32;

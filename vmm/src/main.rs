@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use hull_vmm::{Boot, VcpuExitReason, VmmConfig};
+use hull_vmm::{Boot, FsConfig, VcpuExitReason, VmmConfig};
 
 /// The kernel command line every Hull guest gets; the virtio-mmio devices
 /// are appended. A reset (`reboot=k`) ends the VM.
@@ -29,6 +29,18 @@ struct Cli {
     api_socket: Option<PathBuf>,
     #[arg(long, default_value = DEFAULT_CMDLINE)]
     cmdline: String,
+    /// A virtio-fs device served by the vhost-user back end (virtiofsd)
+    /// listening on this socket.
+    #[arg(long, value_name = "PATH")]
+    fs_socket: Option<PathBuf>,
+    /// The tag the guest mounts the virtio-fs device by.
+    #[arg(
+        long,
+        value_name = "TAG",
+        default_value = "hullfs",
+        requires = "fs_socket"
+    )]
+    fs_tag: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,6 +63,10 @@ fn main() -> anyhow::Result<()> {
     );
     config.api_socket = cli.api_socket;
     config.vcpus = cli.vcpus;
+    config.fs = cli.fs_socket.map(|socket_path| FsConfig {
+        tag: cli.fs_tag,
+        socket_path,
+    });
     let exit = hull_vmm::run(&config).context("running the VM")?;
     match exit {
         VcpuExitReason::Shutdown | VcpuExitReason::Halted | VcpuExitReason::Stopped => Ok(()),

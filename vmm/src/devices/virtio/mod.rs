@@ -1,5 +1,6 @@
 //! virtio devices and their MMIO transport.
 
+pub mod fs;
 pub mod mmio;
 pub mod rng;
 

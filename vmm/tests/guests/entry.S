@@ -1,0 +1,35 @@
+/* The real-mode entry of the C guests: switches to flat 32-bit protected
+ * mode, calls guest_main() and halts when it returns. guest.ld puts this
+ * section first, at the entry address. */
+.code16
+.section .text.entry, "ax"
+.globl _start
+_start:
+    cli
+    lgdtl gdt_descriptor
+    mov %cr0, %eax
+    or $1, %eax
+    mov %eax, %cr0
+    ljmpl $0x08, $protected
+
+.code32
+protected:
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %fs
+    mov %ax, %gs
+    mov %ax, %ss
+    mov $0x80000, %esp
+    call guest_main
+    hlt
+
+.align 8
+gdt:
+    .quad 0
+    .quad 0x00cf9a000000ffff    /* flat 32-bit code */
+    .quad 0x00cf92000000ffff    /* flat 32-bit data */
+gdt_end:
+gdt_descriptor:
+    .word gdt_end - gdt - 1
+    .long gdt
