@@ -15,6 +15,7 @@ use crate::devices::legacy::serial::{COM1_PORT, COM1_PORTS};
 use crate::devices::legacy::{I8042, SerialDevice};
 use crate::devices::virtio::mmio::{MMIO_LEN, MmioTransport};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuExitReason};
@@ -100,6 +101,8 @@ pub enum BuildError {
     Linux(#[from] crate::arch::linux::LinuxError),
     #[error(transparent)]
     Regs(#[from] crate::arch::regs::RegsError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     #[error("{what}: {source}")]
     Kvm {
         what: &'static str,
@@ -178,10 +181,14 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
         I8042_PORTS,
         Arc::new(Mutex::new(I8042::new(Arc::clone(&reset)))),
     )?;
-    let virtio_devices: Vec<(&'static str, Box<dyn VirtioDevice>)> = vec![(
+    let mut virtio_devices: Vec<(&'static str, Box<dyn VirtioDevice>)> = vec![(
         "virtio-rng",
         Box::new(Rng::new().map_err(io("opening /dev/urandom"))?),
     )];
+    if let Some(vsock) = &config.vsock {
+        let device = Vsock::new(vsock.guest_cid, &vsock.uds_path)?;
+        virtio_devices.push(("virtio-vsock", Box::new(device)));
+    }
     let mut virtio_cmdline = String::new();
     for (index, (name, device)) in virtio_devices.into_iter().enumerate() {
         let irq = VIRTIO_FIRST_IRQ + index as u32;

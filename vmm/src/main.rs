@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use hull_vmm::{Boot, VcpuExitReason, VmmConfig};
+use hull_vmm::{Boot, VcpuExitReason, VmmConfig, VsockConfig};
 
 /// The kernel command line every Hull guest gets; the virtio-mmio devices
 /// are appended. A reset (`reboot=k`) ends the VM.
@@ -23,6 +23,13 @@ struct Cli {
     console_log: PathBuf,
     #[arg(long, default_value = DEFAULT_CMDLINE)]
     cmdline: String,
+    /// Hybrid vsock: host clients connect here and send `CONNECT <port>\n`;
+    /// the guest reaches host port P at `<PATH>_P`.
+    #[arg(long, value_name = "PATH")]
+    vsock_uds: Option<PathBuf>,
+    /// The guest's vsock CID (with --vsock-uds).
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "vsock_uds")]
+    vsock_cid: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,7 +41,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let exit = hull_vmm::run(&VmmConfig::new(
+    let mut config = VmmConfig::new(
         cli.memory_mib,
         Boot::Linux {
             kernel: cli.kernel,
@@ -42,8 +49,12 @@ fn main() -> anyhow::Result<()> {
             cmdline: cli.cmdline,
         },
         cli.console_log,
-    ))
-    .context("running the VM")?;
+    );
+    config.vsock = cli.vsock_uds.map(|uds_path| VsockConfig {
+        guest_cid: cli.vsock_cid,
+        uds_path,
+    });
+    let exit = hull_vmm::run(&config).context("running the VM")?;
     match exit {
         VcpuExitReason::Shutdown | VcpuExitReason::Halted => Ok(()),
         VcpuExitReason::Failed(reason) => anyhow::bail!("the guest failed: {reason}"),
