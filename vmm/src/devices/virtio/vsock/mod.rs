@@ -12,6 +12,9 @@ mod muxer;
 mod packet;
 mod worker;
 
+#[cfg(test)]
+mod tests;
+
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
