@@ -235,7 +235,7 @@ impl Connection {
                     return Fate::Kill;
                 }
                 if self.to_host.len() + payload.len() > BUF_ALLOC as usize {
-                    tracing::debug!(key = ?self.key, "vsock: the guest wrote past its credit");
+                    // The guest wrote past the credit we gave it.
                     return Fate::Kill;
                 }
                 self.to_host.extend(payload);
@@ -244,6 +244,11 @@ impl Connection {
             }
             Some(Op::Shutdown) => {
                 self.peer_shutdown |= header.flags & SHUTDOWN_BOTH;
+                if self.peer_shutdown == SHUTDOWN_BOTH && self.deadline.is_none() {
+                    // A host socket that never drains must not keep the
+                    // guest waiting for its RST.
+                    self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+                }
                 self.flush()
             }
             Some(Op::CreditUpdate) => Fate::Keep,
