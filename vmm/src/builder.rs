@@ -18,6 +18,7 @@ use crate::devices::legacy::{I8042, SerialDevice};
 use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{MMIO_LEN, MmioTransport};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::memory::{self, MemoryError};
 use crate::timeline::TimelineRecorder;
@@ -116,6 +117,8 @@ pub enum BuildError {
     MpTable(#[from] crate::arch::mptable::MpTableError),
     #[error(transparent)]
     Fs(#[from] FsError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     #[error("{what}: {source}")]
     Kvm {
         what: &'static str,
@@ -204,6 +207,10 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
         "virtio-rng",
         Box::new(Rng::new().map_err(io("opening /dev/urandom"))?),
     )];
+    if let Some(vsock) = &config.vsock {
+        let device = Vsock::new(vsock.guest_cid, &vsock.uds_path)?;
+        virtio_devices.push(("virtio-vsock", Box::new(device)));
+    }
     // virtio-fs comes after rng and vsock: its MMIO slot and IRQ follow theirs.
     if let Some(fs) = &config.fs {
         let device = Fs::new(&fs.tag, &fs.socket_path)?;

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use hull_vmm::{Boot, FsConfig, VcpuExitReason, VmmConfig};
+use hull_vmm::{Boot, FsConfig, VcpuExitReason, VmmConfig, VsockConfig};
 
 /// The kernel command line every Hull guest gets; the virtio-mmio devices
 /// are appended. A reset (`reboot=k`) ends the VM.
@@ -41,6 +41,13 @@ struct Cli {
         requires = "fs_socket"
     )]
     fs_tag: String,
+    /// Hybrid vsock: host clients connect here and send `CONNECT <port>\n`;
+    /// the guest reaches host port P at `<PATH>_P`.
+    #[arg(long, value_name = "PATH")]
+    vsock_uds: Option<PathBuf>,
+    /// The guest's vsock CID (with --vsock-uds).
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "vsock_uds")]
+    vsock_cid: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +73,10 @@ fn main() -> anyhow::Result<()> {
     config.fs = cli.fs_socket.map(|socket_path| FsConfig {
         tag: cli.fs_tag,
         socket_path,
+    });
+    config.vsock = cli.vsock_uds.map(|uds_path| VsockConfig {
+        guest_cid: cli.vsock_cid,
+        uds_path,
     });
     let exit = hull_vmm::run(&config).context("running the VM")?;
     match exit {

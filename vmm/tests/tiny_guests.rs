@@ -3,12 +3,15 @@
 //! by instruction: plenty for a program of a few hundred instructions, and a
 //! real KVM exit path for every port and MMIO access. Needs root.
 
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hull_vmm::control::{ControlError, Request, Response};
-use hull_vmm::{Boot, RunState, VcpuExitReason, VmmConfig};
+use hull_vmm::{Boot, RunState, VcpuExitReason, VmmConfig, VsockConfig};
 
 /// Where the tiny guests are linked and started: above the real-mode IVT
 /// and BIOS data area.
@@ -39,6 +42,52 @@ fn assemble(name: &str, dir: &Path) -> PathBuf {
         .arg(format!("-Ttext={ENTRY:#x}"))
         .arg("-o")
         .arg(&image)
+        .arg(&object));
+    image
+}
+
+/// Builds a guest written in freestanding C, `tests/guests/<name>.c`,
+/// behind the shared real-to-protected-mode entry `c_entry.S`.
+fn compile(name: &str, dir: &Path) -> PathBuf {
+    let guests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests");
+    let entry = dir.join("c_entry.o");
+    let object = dir.join(format!("{name}.o"));
+    let image = dir.join(format!("{name}.bin"));
+    let run = |command: &mut Command| {
+        let output = command.output().expect("run the compiler");
+        assert!(
+            output.status.success(),
+            "{command:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    run(Command::new("gcc")
+        .args(["-m32", "-c", "-o"])
+        .arg(&entry)
+        .arg(guests.join("c_entry.S")));
+    run(Command::new("gcc")
+        .args([
+            "-m32",
+            "-O1",
+            "-ffreestanding",
+            "-nostdlib",
+            "-fno-pic",
+            "-fno-pie",
+            "-fno-stack-protector",
+            "-fno-asynchronous-unwind-tables",
+            "-fcf-protection=none",
+            "-c",
+            "-o",
+        ])
+        .arg(&object)
+        .arg(guests.join(format!("{name}.c"))));
+    run(Command::new("ld")
+        .args(["-m", "elf_i386", "--oformat", "binary", "--build-id=none"])
+        .args(["-e", "_start"])
+        .arg(format!("-Ttext={ENTRY:#x}"))
+        .arg("-o")
+        .arg(&image)
+        .arg(&entry)
         .arg(&object));
     image
 }
@@ -217,4 +266,100 @@ fn a_bad_control_request_is_refused_and_the_channel_keeps_serving() {
         vmm.join().expect("thread").expect("run"),
         VcpuExitReason::Stopped
     );
+}
+
+/// How long the host side waits for the guest at each step; the guest runs
+/// in an instruction emulator, but needs well under a second per step.
+const STEP: Duration = Duration::from_secs(30);
+
+fn accept_within(listener: &UnixListener, limit: Duration) -> UnixStream {
+    listener.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + limit;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false).expect("blocking");
+                stream.set_read_timeout(Some(STEP)).expect("timeout");
+                return stream;
+            }
+            Err(err) if Instant::now() >= deadline => panic!("the guest never connected: {err}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+fn read_exactly(stream: &mut UnixStream, len: usize) -> String {
+    let mut bytes = vec![0u8; len];
+    stream.read_exact(&mut bytes).expect("read from the guest");
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[test]
+fn virtio_vsock_round_trips_through_real_virtqueues() {
+    let dir = tempfile::tempdir().expect("dir");
+    let image = compile("vsock_roundtrip", dir.path());
+    let console_log = dir.path().join("console.log");
+    let uds = dir.path().join("vsock.sock");
+    // The guest connects to host port 5000 first thing.
+    let port_5000 = dir.path().join("vsock.sock_5000");
+    let listener = UnixListener::bind(&port_5000).expect("listen on port 5000");
+    let mut config = VmmConfig::new(
+        16,
+        Boot::RealMode {
+            image,
+            entry: ENTRY,
+        },
+        console_log.clone(),
+    );
+    config.vsock = Some(VsockConfig {
+        guest_cid: 3,
+        uds_path: uds.clone(),
+    });
+    let (done, exit) = mpsc::channel();
+    // The VM runs on its own thread so that a stuck guest fails the test
+    // at a deadline instead of hanging it.
+    std::thread::spawn(move || {
+        let _ = done.send(hull_vmm::run(&config).map_err(|err| err.to_string()));
+    });
+    let console = || std::fs::read_to_string(&console_log).unwrap_or_default();
+
+    // 1. Guest to host.
+    let mut host = accept_within(&listener, STEP);
+    host.write_all(b"ping").expect("write");
+    assert_eq!(read_exactly(&mut host, 4), "PING", "console: {}", console());
+
+    // 2. Host to guest, through the hybrid socket.
+    let mut client = UnixStream::connect(&uds).expect("connect to the vsock socket");
+    client.set_read_timeout(Some(STEP)).expect("timeout");
+    client.write_all(b"CONNECT 1024\n").expect("write");
+    let ok = read_exactly(&mut client, "OK 1073741824\n".len());
+    assert_eq!(ok, "OK 1073741824\n", "console: {}", console());
+    client.write_all(b"hi").expect("write");
+    assert_eq!(
+        read_exactly(&mut client, 3),
+        "bye",
+        "console: {}",
+        console()
+    );
+
+    let exit = exit
+        .recv_timeout(STEP)
+        .unwrap_or_else(|_| panic!("the guest did not halt; console: {}", console()))
+        .expect("run the guest");
+    assert_eq!(exit, VcpuExitReason::Halted, "console: {}", console());
+    assert_eq!(
+        console(),
+        "74726976 00000002 00000013 4c554c48 00000100 \n\
+         cid 00000003 00000000 \n\
+         RESPONSE from 00001388 \n\
+         RW ping\n\
+         REQUEST to 00000400 from 40000000 \n\
+         RW hi\n\
+         done\n"
+    );
+    // The VM is gone: its connections are closed and its socket removed.
+    let mut rest = Vec::new();
+    assert_eq!(client.read_to_end(&mut rest).expect("EOF"), 0);
+    assert_eq!(host.read_to_end(&mut rest).expect("EOF"), 0);
+    assert!(!uds.exists(), "the vsock socket outlived the VM");
 }

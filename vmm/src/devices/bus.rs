@@ -114,9 +114,10 @@ impl Bus {
     }
 }
 
-/// At most [`RateLimit::PER_SECOND`] events a second.
+/// At most [`RateLimit::PER_SECOND`] events a second: for logging what a
+/// guest can make happen as often as it likes.
 #[derive(Debug)]
-struct RateLimit {
+pub(crate) struct RateLimit {
     window: Instant,
     count: u32,
 }
@@ -124,7 +125,7 @@ struct RateLimit {
 impl RateLimit {
     const PER_SECOND: u32 = 10;
 
-    fn allow(&mut self) -> bool {
+    pub(crate) fn allow(&mut self) -> bool {
         if self.window.elapsed() >= Duration::from_secs(1) {
             self.window = Instant::now();
             self.count = 0;

@@ -3,6 +3,7 @@
 pub mod fs;
 pub mod mmio;
 pub mod rng;
+pub mod vsock;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
