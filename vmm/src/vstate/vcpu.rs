@@ -118,6 +118,9 @@ impl Vcpu {
                 }
                 // A kick from the run control: look at it before re-entering.
                 Err(err) if err.errno() == libc_eintr() => continue,
+                // An application processor woke from its wait for SIPI:
+                // KVM wants the run retried.
+                Err(err) if err.errno() == nix::errno::Errno::EAGAIN as i32 => continue,
                 Err(err) => return Err(VcpuError::Run(err)),
             }
         }
