@@ -8,3 +8,82 @@ pub fn ratio(a: f64, b: f64) -> String {
         format!("{:.2}", a / b)
     }
 }
+
+/// A process's resident memory in KiB from its /proc/PID/smaps text, split
+/// into guest RAM (the memfd mappings that back it) and the rest: the
+/// process's own overhead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rss {
+    pub own_kib: u64,
+    pub guest_kib: u64,
+}
+
+pub fn rss_from_smaps(smaps: &str) -> Rss {
+    let mut rss = Rss::default();
+    let mut in_memfd = false;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: address range, perms, offset, dev, inode, path.
+            in_memfd = fields
+                .nth(4)
+                .is_some_and(|path| path.starts_with("/memfd:"));
+        } else if first == "Rss:" {
+            let kib: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            if in_memfd {
+                rss.guest_kib += kib;
+            } else {
+                rss.own_kib += kib;
+            }
+        }
+    }
+    rss
+}
+
+/// [`rss_from_smaps`] of a running process.
+pub fn rss_of(pid: u32) -> std::io::Result<Rss> {
+    Ok(rss_from_smaps(&std::fs::read_to_string(format!(
+        "/proc/{pid}/smaps"
+    ))?))
+}
+
+/// The middle value (upper middle for an even count); zero when empty.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_ram_is_told_apart_by_its_memfd() {
+        let smaps = "\
+55d0c0000000-55d0c0100000 r-xp 00000000 00:1f 1234 /usr/bin/hull-vmm
+Size:               1024 kB
+Rss:                 700 kB
+7f0000000000-7f0010000000 rw-s 00000000 00:01 99 /memfd:hull-guest-ram (deleted)
+Size:             262144 kB
+Rss:               30000 kB
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
+Rss:                  12 kB
+";
+        assert_eq!(
+            rss_from_smaps(smaps),
+            Rss {
+                own_kib: 712,
+                guest_kib: 30000
+            }
+        );
+    }
+
+    #[test]
+    fn medians_and_ratios() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(Vec::new()), 0.0);
+        assert_eq!(ratio(1.0, 4.0), "0.25");
+        assert_eq!(ratio(1.0, 0.0), "-");
+    }
+}

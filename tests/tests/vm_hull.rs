@@ -68,6 +68,9 @@ async fn inside_the_kvm_test_host() {
     let entry = timeline.kernel_entry.expect("kernel entry");
     let ready = timeline.agent_ready.expect("agent ready");
     assert!(entry < ready, "{timeline}");
+    // The serial console reaches the log, through hull-vmm's stdout.
+    assert!(timeline.first_console_line.is_some(), "{timeline}");
+    assert!(vm.log().contains("Linux version"), "console:\n{}", vm.log());
 
     // The agent answers over hybrid vsock, as PID 1 of the guest's own kernel.
     assert_eq!(vm.health().await.api_version, api::API_VERSION);

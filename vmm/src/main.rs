@@ -21,7 +21,9 @@ struct Cli {
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
     /// The guest's serial console is written here.
-    #[arg(long, default_value = "/dev/stdout")]
+    /// The default is standard output (through /proc, since a minimal /dev
+    /// has no /dev/stdout).
+    #[arg(long, default_value = "/proc/self/fd/1")]
     console_log: PathBuf,
     /// The control channel's Unix socket: state, boot timeline, pause,
     /// resume and stop, one JSON object per line.
