@@ -156,7 +156,9 @@ impl Vm {
         vsock::connect(&self.vsock_uds, port)
     }
 
-    fn check_alive(&mut self) -> Result<(), VmError> {
+    /// Fails, naming the process and its exit status, once the VMM or one of
+    /// its helpers has exited.
+    pub fn check_alive(&mut self) -> Result<(), VmError> {
         // Helpers first: when one dies the VMM often dies of it, and the
         // helper is what the error should name.
         for helper in self

@@ -60,8 +60,19 @@ fn inside(runs: usize) {
                 work_dir: dir.path().join("w"),
             };
             let mut vm = backend.start(&config).expect("start");
-            vm.wait_for_agent(AGENT_VSOCK_PORT, BOOT_TIMEOUT)
-                .unwrap_or_else(|err| panic!("{} did not boot: {err}", backend.name()));
+            if let Err(err) = vm.wait_for_agent(AGENT_VSOCK_PORT, BOOT_TIMEOUT) {
+                // A failed boot is a result too: counted, shown, and left
+                // out of the medians.
+                let first_line = err
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                println!("FAILED {} {first_line}", backend.name());
+                vm.kill();
+                continue;
+            }
             let timeline = vm.timeline();
             // Let the boot's last allocations settle before reading RSS.
             std::thread::sleep(Duration::from_secs(1));
@@ -131,4 +142,11 @@ fn outside(runs: usize) {
         "hull-vmm kernel entry after VMM start (ms): {:.0}",
         column("hull", 2)
     );
+    for line in outcome
+        .output
+        .lines()
+        .filter(|line| line.starts_with("FAILED "))
+    {
+        println!("{line}");
+    }
 }

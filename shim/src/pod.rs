@@ -1,0 +1,285 @@
+//! The pod's VM: booted on the first container, with the agent reached over
+//! hybrid vsock and the shared directory exported by virtiofsd; watched
+//! until it is stopped, so that a VMM that dies is noticed at once.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use hull_hypervisor::{Backend, HullVmm, SHARED_FS_TAG, Vm, VmConfig};
+use hull_proto::v1 as api;
+use hull_proto::v1::AGENT_VSOCK_PORT;
+use tokio::sync::watch;
+
+use crate::agent::{self, Agent};
+use crate::config::Config;
+use crate::error::{Result, ShimError};
+use crate::mounts::{GUEST_SHARED_DIR, SharedDir, unmount_below};
+
+/// Under TCG a boot takes seconds; this only bounds one that hangs.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long the guest gets to power itself off after DestroySandbox.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the VM's processes are checked on.
+const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+/// Written in the pod directory: the VM's processes, for the cleanup that
+/// `containerd-shim-hull-v2 delete` does after a shim crash.
+pub const PIDS_FILE: &str = "pids";
+
+/// What the pod is made of.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    pub id: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub hostname: String,
+}
+
+#[derive(Debug)]
+pub struct Pod {
+    pub id: String,
+    dir: PathBuf,
+    vm: Arc<Mutex<Option<Vm>>>,
+    agent: Agent,
+    /// Why the VM is gone, once it is.
+    gone: watch::Receiver<Option<String>>,
+    watcher: tokio::task::JoinHandle<()>,
+    // Dropped after the VM: virtiofsd holds it.
+    shared: SharedDir,
+}
+
+impl Pod {
+    /// Boots the pod's VM and sets up its sandbox.
+    pub async fn start(config: &Config, spec: &PodSpec) -> Result<Self> {
+        let dir = config.state_dir.join(&spec.id);
+        std::fs::create_dir_all(&dir)
+            .map_err(ShimError::io(format!("creating {}", dir.display())))?;
+        // Every failure below must leave nothing: the directory goes with
+        // this guard unless the pod starts.
+        let guard = DirGuard(Some(dir.clone()));
+        let shim_pid = dir.join(crate::shim::SHIM_PID_FILE);
+        std::fs::write(&shim_pid, std::process::id().to_string())
+            .map_err(ShimError::io(format!("writing {}", shim_pid.display())))?;
+        let shared = SharedDir::create(&dir.join("shared"))?;
+
+        let backend = match Backend::detect(config.backend)? {
+            Backend::Hull(hull) => Backend::Hull(HullVmm {
+                vmm: config.hull_vmm.clone(),
+                ..hull
+            }),
+            qemu => qemu,
+        };
+        let vm_config = VmConfig {
+            kernel: config.kernel.clone(),
+            initrd: config.initrd.clone(),
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            shared_dir: shared.host().to_owned(),
+            console_log: dir.join("console.log"),
+            work_dir: dir.join("vm"),
+        };
+        tracing::info!(pod = %spec.id, backend = backend.name(), vcpus = spec.vcpus, memory_mib = spec.memory_mib, "booting the pod's VM");
+        let pids_file = dir.join(PIDS_FILE);
+        let vm = tokio::task::spawn_blocking(move || -> Result<Vm> {
+            let mut vm = backend.start(&vm_config)?;
+            record_pids(&pids_file, &vm)?;
+            vm.wait_for_agent(AGENT_VSOCK_PORT, BOOT_TIMEOUT)?;
+            tracing::info!(timeline = %vm.timeline(), "the pod's VM is up");
+            Ok(vm)
+        })
+        .await
+        .map_err(|err| ShimError::VmGone(format!("the boot task failed: {err}")))??;
+        let uds = vm.vsock_uds().to_owned();
+        let vm = Arc::new(Mutex::new(Some(vm)));
+        let mut agent = agent::connect(uds).await?;
+        agent
+            .create_sandbox(api::CreateSandboxRequest {
+                hostname: spec.hostname.clone(),
+                mounts: vec![api::SharedMount {
+                    source: SHARED_FS_TAG.into(),
+                    target: GUEST_SHARED_DIR.into(),
+                    fstype: "virtiofs".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .await?;
+        let (gone_tx, gone) = watch::channel(None);
+        let watcher = tokio::spawn(watch_vm(Arc::clone(&vm), gone_tx));
+        std::mem::forget(guard);
+        Ok(Self {
+            id: spec.id.clone(),
+            dir,
+            vm,
+            agent,
+            gone,
+            watcher,
+            shared,
+        })
+    }
+
+    /// The pod's directory on the host (shared directory, VM sockets, logs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn agent(&self) -> Agent {
+        self.agent.clone()
+    }
+
+    pub fn shared(&self) -> &SharedDir {
+        &self.shared
+    }
+
+    /// Resolves with the reason once the VM is gone.
+    pub fn gone(&self) -> watch::Receiver<Option<String>> {
+        self.gone.clone()
+    }
+
+    /// Pauses or resumes the whole VM, where the backend can.
+    pub async fn set_paused(&self, paused: bool) -> Result<()> {
+        let vm = Arc::clone(&self.vm);
+        tokio::task::spawn_blocking(move || {
+            let guard = vm.lock().unwrap_or_else(PoisonError::into_inner);
+            let vm = guard
+                .as_ref()
+                .ok_or_else(|| ShimError::VmGone("stopped".into()))?;
+            if paused { vm.pause() } else { vm.resume() }.map_err(ShimError::from)
+        })
+        .await
+        .map_err(|err| ShimError::VmGone(err.to_string()))?
+    }
+
+    /// Stops the VM (asking the guest to power off first, unless it is
+    /// already gone) and removes everything the pod had on the host.
+    pub async fn stop(self) {
+        self.watcher.abort();
+        let alive = self.gone.borrow().is_none();
+        if alive {
+            let mut agent = self.agent.clone();
+            let destroy = agent.destroy_sandbox(api::DestroySandboxRequest {});
+            if tokio::time::timeout(Duration::from_secs(5), destroy)
+                .await
+                .is_err()
+            {
+                tracing::warn!(pod = %self.id, "DestroySandbox did not answer");
+            }
+        }
+        let vm = self
+            .vm
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(vm) = vm {
+            let clean = tokio::task::spawn_blocking(move || vm.shutdown(SHUTDOWN_TIMEOUT))
+                .await
+                .unwrap_or(false);
+            if alive && !clean {
+                tracing::warn!(pod = %self.id, "the guest did not power off; its VM was killed");
+            }
+        }
+        let Self { dir, shared, .. } = self;
+        drop(shared);
+        remove_pod_dir(&dir);
+    }
+}
+
+/// Polls the VM's processes; the first one to exit ends the pod.
+async fn watch_vm(vm: Arc<Mutex<Option<Vm>>>, gone: watch::Sender<Option<String>>) {
+    loop {
+        tokio::time::sleep(WATCH_INTERVAL).await;
+        let vm = Arc::clone(&vm);
+        let status = tokio::task::spawn_blocking(move || {
+            let mut guard = vm.lock().unwrap_or_else(PoisonError::into_inner);
+            match guard.as_mut() {
+                Some(vm) => vm.check_alive().err().map(|err| describe_exit(&err)),
+                None => Some("stopped".to_owned()),
+            }
+        })
+        .await;
+        if let Ok(Some(reason)) = status {
+            tracing::error!(%reason, "the pod's VM is gone");
+            let _ = gone.send(Some(reason));
+            return;
+        }
+    }
+}
+
+/// "hull-vmm exited (signal: 9 (SIGKILL))", without the boot-time wording.
+fn describe_exit(err: &hull_hypervisor::VmError) -> String {
+    match err {
+        hull_hypervisor::VmError::HelperExited {
+            name,
+            status,
+            console,
+            ..
+        } => {
+            let last = console
+                .lines()
+                .rev()
+                .find(|line| !line.trim().is_empty())
+                .unwrap_or_default();
+            format!("{name} exited ({status}); last console line: {last}")
+        }
+        other => other.to_string(),
+    }
+}
+
+fn record_pids(path: &Path, vm: &Vm) -> Result<()> {
+    let text: String = vm
+        .pids()
+        .iter()
+        .map(|(name, pid)| format!("{name} {pid}\n"))
+        .collect();
+    std::fs::write(path, text).map_err(ShimError::io(format!("writing {}", path.display())))
+}
+
+/// Removes a pod directory after unmounting whatever is still mounted in it.
+fn remove_pod_dir(dir: &Path) {
+    unmount_below(dir);
+    if let Err(err) = std::fs::remove_dir_all(dir)
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(%err, dir = %dir.display(), "removing the pod directory");
+    }
+}
+
+/// Removes the pod directory when a start fails half-way.
+struct DirGuard(Option<PathBuf>);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            remove_pod_dir(&dir);
+        }
+    }
+}
+
+/// The cleanup after a shim crash: kills the pod's VM processes listed in
+/// its pids file (only if they still are what the file says), unmounts and
+/// removes the pod directory.
+pub fn clean_up_after_crash(dir: &Path) {
+    if let Ok(text) = std::fs::read_to_string(dir.join(PIDS_FILE)) {
+        for line in text.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(name), Some(pid)) = (
+                fields.next(),
+                fields.next().and_then(|p| p.parse::<i32>().ok()),
+            ) else {
+                continue;
+            };
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            // comm is at most 15 bytes: compare prefixes.
+            let comm = comm.trim();
+            if !comm.is_empty() && name.starts_with(comm)
+                || comm.starts_with("qemu") && name == "qemu"
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    remove_pod_dir(dir);
+}

@@ -1,0 +1,120 @@
+//! The shim binary's three roles (containerd-shim crate): `start` spawns
+//! (or finds) the pod's shim, `delete` cleans up after a shim that died,
+//! and the server serves the Task API.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::{ExitSignal, Shim, spawn};
+use containerd_shim::protos::api::DeleteResponse;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Config, Error, Flags, StartOpts};
+
+use crate::events::{Events, timestamp};
+use crate::service::TaskService;
+use crate::tasks::{SANDBOX_ID_ANNOTATION, Tasks, pod_dir_record};
+
+pub const RUNTIME_ID: &str = "io.containerd.hull.v2";
+/// Written in the pod directory by the shim that serves it.
+pub const SHIM_PID_FILE: &str = "shim.pid";
+
+pub struct HullShim {
+    namespace: String,
+    bundle: PathBuf,
+    exit: Arc<ExitSignal>,
+}
+
+impl std::fmt::Debug for HullShim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HullShim")
+            .field("namespace", &self.namespace)
+            .field("bundle", &self.bundle)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The shim config: the shim never reaps children it did not start itself
+/// (the VM's processes are waited for by their owners).
+pub fn shim_config() -> Config {
+    Config {
+        no_setup_logger: true,
+        no_reaper: true,
+        no_sub_reaper: true,
+        ..Config::default()
+    }
+}
+
+#[async_trait]
+impl Shim for HullShim {
+    type T = TaskService;
+
+    async fn new(_runtime_id: &str, flags: &Flags, _config: &mut Config) -> Self {
+        let bundle = if flags.bundle.is_empty() {
+            std::env::current_dir().unwrap_or_default()
+        } else {
+            PathBuf::from(&flags.bundle)
+        };
+        Self {
+            namespace: flags.namespace.clone(),
+            bundle,
+            exit: Arc::new(ExitSignal::default()),
+        }
+    }
+
+    /// One shim per pod: containers of the same CRI sandbox share it.
+    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
+        let grouping = pod_of(&self.bundle).unwrap_or_else(|| opts.id.clone());
+        spawn(opts, &grouping, Vec::new()).await
+    }
+
+    /// Runs after a shim died: if no shim serves the pod any more, its VM
+    /// processes are killed and its mounts and directories removed.
+    async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
+        if let Ok(dir) = std::fs::read_to_string(pod_dir_record(&self.bundle)) {
+            let dir = PathBuf::from(dir);
+            if !served_by_live_shim(&dir) {
+                crate::pod::clean_up_after_crash(&dir);
+            }
+        }
+        let _ = std::fs::remove_file(pod_dir_record(&self.bundle));
+        Ok(DeleteResponse {
+            // As runc's shim reports a task it lost: killed.
+            exit_status: 128 + libc::SIGKILL as u32,
+            exited_at: Some(timestamp(std::time::SystemTime::now())).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        TaskService {
+            tasks: Tasks::new(
+                Events::new(publisher, &self.namespace),
+                Arc::clone(&self.exit),
+            ),
+        }
+    }
+}
+
+/// The CRI sandbox a bundle's container belongs to.
+fn pod_of(bundle: &Path) -> Option<String> {
+    let spec = crate::spec::read_bundle(bundle).ok()?;
+    crate::spec::annotations(&spec).remove(SANDBOX_ID_ANNOTATION)
+}
+
+fn served_by_live_shim(pod_dir: &Path) -> bool {
+    let Some(pid) = std::fs::read_to_string(pod_dir.join(SHIM_PID_FILE))
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    // /proc/PID/comm is cut to 15 bytes.
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|comm| "containerd-shim-hull-v2".starts_with(comm.trim()))
+        && pid != std::process::id()
+}

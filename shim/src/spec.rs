@@ -1,0 +1,179 @@
+//! A container's OCI spec, turned from the host's view (containerd's bundle)
+//! into the guest's.
+//!
+//! - Namespaces lose their host paths, and the network namespace goes: the
+//!   pod's containers share the guest's network stack, the VM being the
+//!   pod's boundary.
+//! - Bind mounts and volumes are bound into the shared directory on the
+//!   host and point at the guest's view of it; read-only stays read-only on
+//!   both sides. The pod's /dev/shm becomes a tmpfs in the guest.
+//! - What only means something on the host goes: hooks, the cgroup path
+//!   (the agent picks one in the guest), LSM labels.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::error::{Result, ShimError};
+use crate::mounts::{ContainerMounts, SharedDir};
+
+/// Reads `config.json` from a bundle.
+pub fn read_bundle(bundle: &Path) -> Result<Value> {
+    let path = bundle.join("config.json");
+    let text =
+        std::fs::read(&path).map_err(ShimError::io(format!("reading {}", path.display())))?;
+    serde_json::from_slice(&text).map_err(|err| ShimError::invalid("config.json", err.to_string()))
+}
+
+/// The spec's annotations.
+pub fn annotations(spec: &Value) -> std::collections::HashMap<String, String> {
+    spec.get("annotations")
+        .and_then(Value::as_object)
+        .map(|map| {
+            map.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Rewrites `spec` for the guest, binding what its mounts need under
+/// `container_dir` (in the shared directory) and recording it in `mounts`.
+pub fn for_guest(
+    spec: &mut Value,
+    shared: &SharedDir,
+    container_dir: &Path,
+    mounts: &mut ContainerMounts,
+) -> Result<()> {
+    if let Some(object) = spec.as_object_mut() {
+        object.remove("hooks");
+    }
+    if let Some(process) = spec.get_mut("process").and_then(Value::as_object_mut) {
+        process.remove("apparmorProfile");
+        process.remove("selinuxLabel");
+    }
+    if let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) {
+        linux.remove("cgroupsPath");
+        linux.remove("mountLabel");
+        if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
+            namespaces.retain(|ns| ns.get("type").and_then(Value::as_str) != Some("network"));
+            for ns in namespaces.iter_mut().filter_map(Value::as_object_mut) {
+                ns.remove("path");
+            }
+        }
+    }
+    let Some(spec_mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) else {
+        return Ok(());
+    };
+    for (index, entry) in spec_mounts.iter_mut().enumerate() {
+        let options: Vec<String> = entry
+            .get("options")
+            .and_then(Value::as_array)
+            .map(|options| {
+                options
+                    .iter()
+                    .filter_map(|o| o.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let kind = entry
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let is_bind = kind == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
+        if !is_bind {
+            continue;
+        }
+        let destination = entry
+            .get("destination")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if destination == "/dev/shm" {
+            *entry = json!({
+                "destination": "/dev/shm",
+                "type": "tmpfs",
+                "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            });
+            continue;
+        }
+        let source = entry
+            .get("source")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ShimError::invalid(format!("mounts[{index}].source"), "is missing"))?;
+        if !Path::new(source).is_absolute() {
+            return Err(ShimError::invalid(
+                format!("mounts[{index}].source"),
+                format!("{source:?} is not an absolute path"),
+            ));
+        }
+        let read_only = options.iter().any(|o| o == "ro");
+        let target = container_dir.join("mounts").join(index.to_string());
+        mounts
+            .bind(Path::new(source), &target, read_only)
+            .map_err(|err| {
+                ShimError::invalid(format!("mounts[{index}] ({destination})"), err.to_string())
+            })?;
+        let guest = shared.guest_path(&target).ok_or_else(|| {
+            ShimError::invalid(format!("mounts[{index}]"), "outside the shared directory")
+        })?;
+        entry["source"] = Value::String(guest);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_only_parts_go_and_namespaces_lose_their_paths() {
+        let mut spec = json!({
+            "hooks": {"prestart": [{"path": "/usr/bin/true"}]},
+            "process": {"args": ["sh"], "apparmorProfile": "cri-containerd.apparmor.d"},
+            "linux": {
+                "cgroupsPath": "kubepods-besteffort.slice:cri-containerd:abc",
+                "namespaces": [
+                    {"type": "pid"},
+                    {"type": "network", "path": "/var/run/netns/cni-1234"},
+                    {"type": "ipc", "path": "/proc/42/ns/ipc"},
+                    {"type": "mount"}
+                ]
+            },
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev/shm", "type": "bind", "source": "/run/containerd/shm", "options": ["rbind", "rw"]}
+            ]
+        });
+        let dir = tempfile::tempdir().expect("dir");
+        let shared = crate::mounts::SharedDir::for_tests(dir.path());
+        let mut mounts = ContainerMounts::default();
+        for_guest(&mut spec, &shared, &dir.path().join("c1"), &mut mounts).expect("rewrite");
+        assert!(spec.get("hooks").is_none());
+        assert!(spec["process"].get("apparmorProfile").is_none());
+        assert!(spec["linux"].get("cgroupsPath").is_none());
+        assert_eq!(
+            spec["linux"]["namespaces"],
+            json!([{"type": "pid"}, {"type": "ipc"}, {"type": "mount"}])
+        );
+        assert_eq!(spec["mounts"][0]["type"], "proc");
+        assert_eq!(spec["mounts"][1]["type"], "tmpfs");
+    }
+
+    #[test]
+    fn a_relative_bind_source_is_named() {
+        let mut spec = json!({"mounts": [
+            {"destination": "/data", "type": "bind", "source": "data", "options": ["rbind"]}
+        ]});
+        let dir = tempfile::tempdir().expect("dir");
+        let shared = crate::mounts::SharedDir::for_tests(dir.path());
+        let err = for_guest(
+            &mut spec,
+            &shared,
+            &dir.path().join("c1"),
+            &mut ContainerMounts::default(),
+        )
+        .expect_err("relative source");
+        assert!(err.to_string().starts_with("mounts[0].source"), "{err}");
+    }
+}
