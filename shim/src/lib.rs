@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod mounts;
 pub mod pod;
+pub mod serve;
 pub mod service;
 pub mod shim;
 pub mod spec;

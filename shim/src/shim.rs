@@ -100,6 +100,37 @@ impl Shim for HullShim {
     }
 }
 
+/// The `start` action, answered in the form every containerd since 1.5
+/// reads: the plain socket address. (The containerd-shim crate answers with
+/// the JSON that only containerd 1.7 and later understand.)
+pub async fn start(args: &[std::ffi::OsString]) -> Result<(), Error> {
+    let flags = containerd_shim::parse(args)?;
+    let bundle = if flags.bundle.is_empty() {
+        std::env::current_dir()
+            .map_err(|err| Error::Other(format!("the bundle directory: {err}")))?
+    } else {
+        PathBuf::from(&flags.bundle)
+    };
+    let grouping = pod_of(&bundle).unwrap_or_else(|| flags.id.clone());
+    let opts = StartOpts {
+        id: flags.id,
+        publish_binary: flags.publish_binary,
+        address: flags.address,
+        ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
+        namespace: flags.namespace,
+        debug: flags.debug,
+        ..StartOpts::default()
+    };
+    let address = spawn(opts, &grouping, Vec::new()).await?;
+    let _ = std::fs::write(bundle.join("address"), &address);
+    use std::io::Write;
+    let mut stdout = std::io::stdout();
+    stdout
+        .write_all(address.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|err| Error::Other(format!("writing the shim address: {err}")))
+}
+
 /// The CRI sandbox a bundle's container belongs to.
 fn pod_of(bundle: &Path) -> Option<String> {
     let spec = crate::spec::read_bundle(bundle).ok()?;

@@ -25,6 +25,17 @@ pub fn read_bundle(bundle: &Path) -> Result<Value> {
     serde_json::from_slice(&text).map_err(|err| ShimError::invalid("config.json", err.to_string()))
 }
 
+/// The spec's root directory on the host (relative paths are relative to
+/// the bundle).
+pub fn root_path(spec: &Value, bundle: &Path) -> std::path::PathBuf {
+    let root = spec
+        .get("root")
+        .and_then(|root| root.get("path"))
+        .and_then(Value::as_str)
+        .unwrap_or("rootfs");
+    bundle.join(root)
+}
+
 /// The spec's annotations.
 pub fn annotations(spec: &Value) -> std::collections::HashMap<String, String> {
     spec.get("annotations")

@@ -132,7 +132,11 @@ impl Tasks {
         let container_dir = pod.shared().container_dir(&id);
         let mut mounts = ContainerMounts::new(&container_dir)?;
         let rootfs = container_dir.join("rootfs");
-        mounts.rootfs(&request.rootfs, &bundle, &rootfs)?;
+        mounts.rootfs(
+            &request.rootfs,
+            &crate::spec::root_path(&spec, &bundle),
+            &rootfs,
+        )?;
         crate::spec::for_guest(&mut spec, pod.shared(), &container_dir, &mut mounts)?;
         let guest_rootfs = pod
             .shared()
