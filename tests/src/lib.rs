@@ -2,7 +2,10 @@
 //! a real `hull-agent` started on the host and reached over a Unix socket.
 
 pub mod agent;
+pub mod containerd;
+pub mod cri;
 pub mod driver;
+pub mod image;
 pub mod kvm_host;
 pub mod rootfs;
 pub mod spec;
