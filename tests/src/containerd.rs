@@ -51,7 +51,7 @@ pub struct ContainerdBuilder {
     path_dirs: Vec<PathBuf>,
     env: Vec<(OsString, OsString)>,
     extra_config: String,
-    cni_loopback: bool,
+    cni_bridge: bool,
 }
 
 impl ContainerdBuilder {
@@ -85,11 +85,13 @@ impl ContainerdBuilder {
         self
     }
 
-    /// Writes a CNI configuration with only the `loopback` plugin, so pods
-    /// that are not in the node network namespace get a network namespace
-    /// with `lo` up. Without it pods must use the node network.
-    pub fn cni_loopback(mut self) -> Self {
-        self.cni_loopback = true;
+    /// Writes a CNI configuration so that pods that are not in the node
+    /// network namespace get their own, with an `eth0` (a veth on a private
+    /// bridge, no gateway, no route or forwarding on the host) and `lo`.
+    /// Without it pods must use the node network. containerd 1.6 wants an
+    /// `eth0` with an address, so a loopback-only config is not enough.
+    pub fn cni_bridge(mut self) -> Self {
+        self.cni_bridge = true;
         self
     }
 
@@ -112,10 +114,30 @@ impl ContainerdBuilder {
             std::fs::create_dir_all(sub).expect("containerd directory");
         }
         link_cni_plugins(&paths.cni_bin);
-        if self.cni_loopback {
+        // Unique per containerd (interface names have at most 15 bytes).
+        let bridge = self.cni_bridge.then(|| {
+            let suffix = root.file_name().expect("temp dir name").to_string_lossy();
+            format!("hct{}", suffix.trim_start_matches("hctd-"))
+        });
+        if let Some(bridge) = &bridge {
+            let conflist = serde_json::json!({
+                "cniVersion": "1.0.0",
+                "name": "hull-test",
+                "plugins": [{
+                    "type": "bridge",
+                    "bridge": bridge,
+                    "isGateway": false,
+                    "ipMasq": false,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{ "subnet": "10.254.0.0/24" }]],
+                        "dataDir": root.join("cni/ipam"),
+                    },
+                }],
+            });
             std::fs::write(
-                paths.cni_conf.join("10-loopback.conflist"),
-                r#"{"cniVersion":"1.0.0","name":"hull-test-lo","plugins":[{"type":"loopback"}]}"#,
+                paths.cni_conf.join("10-hull-test.conflist"),
+                serde_json::to_vec_pretty(&conflist).expect("CNI config"),
             )
             .expect("CNI config");
         }
@@ -145,6 +167,7 @@ impl ContainerdBuilder {
             socket: paths.socket.clone(),
             log,
             paths,
+            bridge,
             dir: Some(dir),
         };
         containerd.wait_ready();
@@ -264,6 +287,7 @@ pub struct Containerd {
     paths: Paths,
     socket: PathBuf,
     log: PathBuf,
+    bridge: Option<String>,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -295,9 +319,15 @@ impl Containerd {
     }
 
     /// The CNI configuration directory (empty unless
-    /// [`ContainerdBuilder::cni_loopback`]).
+    /// [`ContainerdBuilder::cni_bridge`]).
     pub fn cni_conf_dir(&self) -> &Path {
         &self.paths.cni_conf
+    }
+
+    /// The host bridge of [`ContainerdBuilder::cni_bridge`], if any; it is
+    /// deleted with this containerd.
+    pub fn cni_bridge(&self) -> Option<&str> {
+        self.bridge.as_deref()
     }
 
     /// containerd's process id.
@@ -478,6 +508,13 @@ impl Containerd {
             .filter_map(|(_, _, socket)| socket)
             .chain(shims.into_iter().filter_map(|(_, socket)| socket))
             .collect();
+        if let Some(bridge) = self.bridge.take() {
+            // Gone already if CNI deleted it; otherwise it outlives pods.
+            let _ = Command::new("ip")
+                .args(["link", "del", &bridge])
+                .stderr(Stdio::null())
+                .status();
+        }
         if let Some(dir) = self.dir.take() {
             unmount_all_under(dir.path());
             for socket in shim_sockets {

@@ -204,6 +204,30 @@ impl CriClient {
             .is_some()
     }
 
+    /// Waits until CRI knows `image`: CRI learns of images that `ctr`
+    /// imported from containerd's events, a moment later. Panics after
+    /// `timeout`.
+    pub async fn wait_for_image(&mut self, image: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.has_image(image).await {
+            assert!(
+                Instant::now() < deadline,
+                "CRI does not know {image} after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (up to 10 s) until CRI knows the test images
+    /// ([`crate::image::BUSYBOX_IMAGE`], and the sandbox image
+    /// [`crate::image::PAUSE_IMAGE`]) that
+    /// [`crate::containerd::Containerd::import_cri_images`] imported.
+    pub async fn wait_for_test_images(&mut self) {
+        for image in [crate::image::BUSYBOX_IMAGE, crate::image::PAUSE_IMAGE] {
+            self.wait_for_image(image, Duration::from_secs(10)).await;
+        }
+    }
+
     /// RunPodSandbox; creates the log directory first.
     pub async fn run_pod(&mut self, spec: &PodSpec) -> Result<Pod, tonic::Status> {
         std::fs::create_dir_all(&spec.log_directory).expect("pod log directory");

@@ -2,7 +2,7 @@
 //! this host: `ctr run`, a two-container CRI pod, ExecSync, pod teardown,
 //! and that nothing of the private containerd outlives it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hull_tests::containerd::{self, CRI_NAMESPACE, Containerd, RUNC_HANDLER};
@@ -125,7 +125,7 @@ async fn cri_pod_with_two_containers_on_runc() {
     containerd.import_cri_images();
     let mut client = CriClient::connect(containerd.cri_socket()).await;
     assert_eq!(client.version().await.runtime_name, "containerd");
-    assert!(client.has_image(BUSYBOX_IMAGE).await);
+    client.wait_for_test_images().await;
 
     let logs = containerd.dir().join("pod-logs");
     let spec = PodSpec::new("two-containers", RUNC_HANDLER, &logs);
@@ -221,6 +221,66 @@ async fn cri_pod_with_two_containers_on_runc() {
     footprint.assert_gone();
 }
 
+/// A pod with its own network namespace from the bridge CNI config: what a
+/// VM sandbox gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_pod_network_namespace_with_bridge_cni() {
+    let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let containerd = Containerd::builder().cni_bridge().start();
+    let bridge = containerd.cni_bridge().expect("bridge").to_owned();
+    let mut footprint = Footprint::of(&containerd);
+    containerd.import_cri_images();
+    let mut client = CriClient::connect(containerd.cri_socket()).await;
+    client.wait_for_test_images().await;
+
+    let mut spec = PodSpec::new("own-netns", RUNC_HANDLER, &containerd.dir().join("logs"));
+    spec.host_network = false;
+    let pod = client
+        .run_pod(&spec)
+        .await
+        .unwrap_or_else(|err| panic!("RunPodSandbox: {err}\n{}", containerd.log_tail(60)));
+    let sleeper = ContainerSpec::new("sleeper", BUSYBOX_IMAGE, &["sleep", "1000"]);
+    let id = client.run_container(&pod, &sleeper).await.expect("sleeper");
+    let exec = client
+        .exec_sync(
+            &id,
+            &[
+                "sh",
+                "-c",
+                "hostname; ls /sys/class/net; ip -4 -o addr show eth0",
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("ExecSync");
+    assert!(
+        exec.stdout.starts_with("own-netns\neth0\nlo\n") && exec.stdout.contains("inet 10.254.0."),
+        "{exec:?}"
+    );
+    footprint.add_processes(&containerd);
+    assert!(
+        containerd::mounts_under(containerd.dir())
+            .iter()
+            .any(|point| point.to_string_lossy().contains("netns")),
+        "the pod's network namespace is mounted under the state directory"
+    );
+
+    client.stop_pod(&pod.id).await.expect("StopPodSandbox");
+    client.remove_pod(&pod.id).await.expect("RemovePodSandbox");
+    drop(client);
+    drop(containerd);
+    footprint.assert_gone();
+    assert!(
+        !Path::new("/sys/class/net").join(&bridge).exists(),
+        "bridge {bridge} outlived the harness"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+        forwarding,
+        "the CNI config changed IP forwarding on the host"
+    );
+}
+
 /// A test that fails half-way leaves a running pod and container: dropping
 /// the harness must still clean up everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,6 +295,7 @@ async fn drop_cleans_up_running_pods_and_tasks() {
     assert!(output.status.success(), "{output:?}");
 
     let mut client = CriClient::connect(containerd.cri_socket()).await;
+    client.wait_for_test_images().await;
     let spec = PodSpec::new("left-running", RUNC_HANDLER, &containerd.dir().join("logs"));
     let pod = client.run_pod(&spec).await.expect("RunPodSandbox");
     let sleeper = ContainerSpec::new("sleeper", BUSYBOX_IMAGE, &["sleep", "1000"]);
