@@ -44,6 +44,13 @@ const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 const DEFAULT_RUNC_ROOT: &str = "/run/containerd/runc";
 const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Every harness directory is /tmp/hctd-XXXXXX.
+const DIR_PREFIX: &str = "hctd-";
+/// The test process that owns a harness directory.
+const OWNER_FILE: &str = "owner.pid";
+/// Bounds each `ctr` command, so a hung shim fails a test instead of
+/// hanging it.
+pub const CTR_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Options for a private containerd; [`ContainerdBuilder::start`] starts it.
 #[derive(Debug, Default, Clone)]
@@ -103,22 +110,21 @@ impl ContainerdBuilder {
                 "{binary} is missing: run scripts/install-deps.sh"
             );
         }
+        clean_up_stale();
         // Short: the socket path must fit in 108 bytes.
         let dir = tempfile::Builder::new()
-            .prefix("hctd-")
+            .prefix(DIR_PREFIX)
             .tempdir_in("/tmp")
             .expect("containerd temp dir");
         let root = dir.path();
+        std::fs::write(root.join(OWNER_FILE), std::process::id().to_string()).expect("owner.pid");
         let paths = Paths::new(root);
         for sub in [&paths.root, &paths.state, &paths.cni_bin, &paths.cni_conf] {
             std::fs::create_dir_all(sub).expect("containerd directory");
         }
         link_cni_plugins(&paths.cni_bin);
         // Unique per containerd (interface names have at most 15 bytes).
-        let bridge = self.cni_bridge.then(|| {
-            let suffix = root.file_name().expect("temp dir name").to_string_lossy();
-            format!("hct{}", suffix.trim_start_matches("hctd-"))
-        });
+        let bridge = self.cni_bridge.then(|| bridge_name(root));
         if let Some(bridge) = &bridge {
             let conflist = serde_json::json!({
                 "cniVersion": "1.0.0",
@@ -177,6 +183,7 @@ impl ContainerdBuilder {
 
 #[derive(Debug)]
 struct Paths {
+    dir: PathBuf,
     socket: PathBuf,
     root: PathBuf,
     state: PathBuf,
@@ -190,6 +197,7 @@ struct Paths {
 impl Paths {
     fn new(dir: &Path) -> Self {
         Self {
+            dir: dir.to_owned(),
             socket: dir.join("c.sock"),
             root: dir.join("root"),
             state: dir.join("state"),
@@ -353,15 +361,53 @@ impl Containerd {
     }
 
     /// Runs `ctr --address <socket> ARGS…` and returns what it printed and
-    /// its exit status, whatever that is.
+    /// its exit status, whatever that is. Panics (with containerd's log
+    /// tail) if it runs longer than [`CTR_TIMEOUT`].
     pub fn ctr(&self, args: &[&str]) -> Output {
-        Command::new(CTR)
+        self.ctr_with_timeout(args, CTR_TIMEOUT)
+    }
+
+    /// [`Self::ctr`] with another bound than [`CTR_TIMEOUT`].
+    pub fn ctr_with_timeout(&self, args: &[&str], timeout: Duration) -> Output {
+        use std::io::{Read, Seek};
+        // Files, not pipes: nothing to drain while waiting.
+        let mut stdout = tempfile::tempfile().expect("ctr stdout file");
+        let mut stderr = tempfile::tempfile().expect("ctr stderr file");
+        let mut child = Command::new(CTR)
             .arg("--address")
             .arg(&self.socket)
             .args(args)
             .stdin(Stdio::null())
-            .output()
-            .expect("run ctr")
+            .stdout(stdout.try_clone().expect("ctr stdout file"))
+            .stderr(stderr.try_clone().expect("ctr stderr file"))
+            .spawn()
+            .expect("run ctr");
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for ctr") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "ctr {args:?} did not finish in {timeout:?}; containerd log tail:\n{}",
+                    self.log_tail(60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let read = |file: &mut std::fs::File| {
+            let mut bytes = Vec::new();
+            file.rewind().expect("rewind ctr output");
+            file.read_to_end(&mut bytes).expect("read ctr output");
+            bytes
+        };
+        Output {
+            status,
+            stdout: read(&mut stdout),
+            stderr: read(&mut stderr),
+        }
     }
 
     /// [`Self::ctr`] that must succeed; returns its stdout, and panics with
@@ -490,42 +536,99 @@ impl Containerd {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // containerd is gone: nothing restarts or waits for the shims now.
-        let shims = shims(&self.socket);
-        let shim_pids: Vec<i32> = shims.iter().map(|(pid, _)| *pid).collect();
-        let victims = process_trees(&shim_pids);
-        let cgroups = task_cgroups(&victims);
-        kill_all(&victims);
-        remove_cgroups(&cgroups);
-        let bundles = task_bundles(&self.paths.state);
-        for (namespace, id, _) in &bundles {
-            // Where a plain `ctr run` keeps runc's state.
-            let _ = std::fs::remove_dir_all(Path::new(DEFAULT_RUNC_ROOT).join(namespace).join(id));
-        }
-        // A killed shim leaves its socket behind.
-        let shim_sockets: Vec<PathBuf> = bundles
-            .into_iter()
-            .filter_map(|(_, _, socket)| socket)
-            .chain(shims.into_iter().filter_map(|(_, socket)| socket))
-            .collect();
-        if let Some(bridge) = self.bridge.take() {
-            // Gone already if CNI deleted it; otherwise it outlives pods.
-            let _ = Command::new("ip")
-                .args(["link", "del", &bridge])
-                .stderr(Stdio::null())
-                .status();
-        }
         if let Some(dir) = self.dir.take() {
-            unmount_all_under(dir.path());
-            for socket in shim_sockets {
-                let _ = std::fs::remove_file(socket);
-            }
+            clean_up_after(&self.paths, self.bridge.take().as_deref());
             let path = dir.path().to_owned();
             if let Err(err) = dir.close() {
                 eprintln!("containerd harness: removing {}: {err}", path.display());
             }
         }
     }
+}
+
+/// With containerd gone, so that nothing restarts or waits for the shims:
+/// kills its shims and their containers, removes their cgroups, runc state
+/// and sockets, deletes the CNI bridge, and unmounts everything under its
+/// directory (which the caller then removes).
+fn clean_up_after(paths: &Paths, bridge: Option<&str>) {
+    let shims = shims(&paths.socket);
+    let shim_pids: Vec<i32> = shims.iter().map(|(pid, _)| *pid).collect();
+    let victims = process_trees(&shim_pids);
+    let cgroups = task_cgroups(&victims);
+    kill_all(&victims);
+    remove_cgroups(&cgroups);
+    let bundles = task_bundles(&paths.state);
+    for (namespace, id, _) in &bundles {
+        // Where a plain `ctr run` keeps runc's state.
+        let _ = std::fs::remove_dir_all(Path::new(DEFAULT_RUNC_ROOT).join(namespace).join(id));
+    }
+    // A killed shim leaves its socket behind.
+    let shim_sockets = bundles
+        .into_iter()
+        .filter_map(|(_, _, socket)| socket)
+        .chain(shims.into_iter().filter_map(|(_, socket)| socket));
+    for socket in shim_sockets {
+        let _ = std::fs::remove_file(socket);
+    }
+    if let Some(bridge) = bridge {
+        // Gone already if CNI deleted it; otherwise it outlives pods.
+        let _ = Command::new("ip")
+            .args(["link", "del", bridge])
+            .stderr(Stdio::null())
+            .status();
+    }
+    unmount_all_under(&paths.dir);
+}
+
+/// Cleans up after harness containerds whose test process died without
+/// dropping them (killed, or aborted): their directory's `owner.pid` names
+/// a process that is gone. Called by every start.
+pub fn clean_up_stale() {
+    for entry in std::fs::read_dir("/tmp").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(DIR_PREFIX) {
+            continue;
+        }
+        let dir = entry.path();
+        let owner: Option<i32> = std::fs::read_to_string(dir.join(OWNER_FILE))
+            .ok()
+            .and_then(|pid| pid.trim().parse().ok());
+        let stale = match owner {
+            Some(pid) => matches!(process_state(pid), None | Some('Z')),
+            // Being set up right now, or from a harness that died then.
+            None => entry
+                .metadata()
+                .and_then(|meta| meta.modified())
+                .is_ok_and(|modified| {
+                    modified.elapsed().unwrap_or_default() > Duration::from_secs(60)
+                }),
+        };
+        if !stale {
+            continue;
+        }
+        eprintln!("containerd harness: cleaning up stale {}", dir.display());
+        let paths = Paths::new(&dir);
+        let config = paths.dir.join("config.toml");
+        let config = config.as_os_str().as_encoded_bytes();
+        for (pid, cmdline) in processes() {
+            let mut args = cmdline.split(|b| *b == 0);
+            if args.next() == Some(CONTAINERD.as_bytes()) && args.any(|arg| arg == config) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                while !matches!(process_state(pid), None | Some('Z')) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        clean_up_after(&paths, Some(&bridge_name(&dir)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// The CNI bridge of the harness directory `dir`; interface names have at
+/// most 15 bytes.
+fn bridge_name(dir: &Path) -> String {
+    let name = dir.file_name().expect("temp dir name").to_string_lossy();
+    format!("hct{}", name.trim_start_matches(DIR_PREFIX))
 }
 
 impl Drop for Containerd {

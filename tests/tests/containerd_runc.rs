@@ -316,6 +316,29 @@ async fn drop_cleans_up_running_pods_and_tasks() {
     footprint.assert_gone();
 }
 
+/// A harness whose test process died (so no drop ran) is cleaned up by the
+/// next start: simulated by handing its directory to a dead process and
+/// forgetting it.
+#[test]
+fn stale_harness_is_cleaned_up_by_the_next_start() {
+    let containerd = Containerd::start();
+    let mut footprint = Footprint::of(&containerd);
+    containerd.import_test_images(CTR_NAMESPACE);
+    let id = hull_tests::unique_id("stale");
+    let output = containerd.ctr_run(CTR_NAMESPACE, &["-d", BUSYBOX_IMAGE, &id, "sleep", "1000"]);
+    assert!(output.status.success(), "{output:?}");
+    footprint.add_processes(&containerd);
+
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    std::fs::write(containerd.dir().join("owner.pid"), dead_pid.to_string()).unwrap();
+    std::mem::forget(containerd);
+
+    containerd::clean_up_stale();
+    footprint.assert_gone();
+}
+
 fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() && Instant::now() < deadline {
