@@ -446,15 +446,29 @@ impl Containerd {
         self.ctr(&full)
     }
 
-    /// Imports an image tarball into `namespace` under its name, then drops
-    /// the stray `import-*` references `ctr` adds, which confuse CRI.
+    /// Imports an image tarball into `namespace` under its name (the
+    /// layout's `io.containerd.image.name` annotation, which
+    /// [`crate::image`] writes).
+    ///
+    /// Panics if `ctr` added an `import-DATE:TAG` reference, as it does for
+    /// a layout without that annotation: CRI resolves images through such a
+    /// reference and fails once it is removed, so it must never exist.
+    /// (`--index-name` with the same name as the annotation made `ctr
+    /// import` fail here with "content digest … not found" at times.)
     pub fn import(&self, namespace: &str, image: &ImageTarball) {
         let tarball = image.path.to_str().expect("utf-8 path");
         self.ctr_ok(&["-n", namespace, "images", "import", tarball]);
         let names = self.ctr_ok(&["-n", namespace, "images", "ls", "-q"]);
-        for stray in names.lines().filter(|name| name.starts_with("import-")) {
-            self.ctr_ok(&["-n", namespace, "images", "rm", "--sync", stray]);
-        }
+        assert!(
+            names.lines().any(|name| name == image.name),
+            "{} is not among the images after importing it: {names}",
+            image.name
+        );
+        let stray: Vec<&str> = names
+            .lines()
+            .filter(|name| name.starts_with("import-"))
+            .collect();
+        assert!(stray.is_empty(), "ctr import added {stray:?}");
     }
 
     /// Imports the busybox and pause images into `namespace`.

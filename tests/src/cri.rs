@@ -15,6 +15,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 pub use k8s_cri::v1;
 
+/// The bound on each CRI call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A pod to run: [`PodSpec::new`] gives a node-network pod for runc.
 #[derive(Debug, Clone)]
 pub struct PodSpec {
@@ -160,11 +163,14 @@ pub struct CriClient {
 }
 
 impl CriClient {
-    /// Connects to the CRI server at `socket`.
+    /// Connects to the CRI server at `socket`. Every call is bounded by
+    /// [`CALL_TIMEOUT`], so a hung runtime fails a test instead of hanging
+    /// it.
     pub async fn connect(socket: &Path) -> Self {
         let socket = socket.to_owned();
         // The URI is required and ignored: the connector dials the socket.
         let channel = Endpoint::from_static("http://cri.invalid")
+            .timeout(CALL_TIMEOUT)
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let socket = socket.clone();
                 async move { UnixStream::connect(socket).await.map(TokioIo::new) }

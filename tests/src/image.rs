@@ -1,6 +1,8 @@
 //! OCI images built locally from a busybox root filesystem: nothing is
 //! pulled. Each image is an OCI image layout with one gzip'd layer and one
-//! tag, packed in a tarball that `ctr images import --index-name` takes.
+//! tag, packed in a tarball for `ctr images import`. Its one manifest
+//! carries the full name in `io.containerd.image.name`, so containerd names
+//! the image after it and adds no `import-DATE:TAG` reference.
 //!
 //! The tarballs are cached under [`crate::cache_dir`], keyed by a hash of
 //! what goes into them (the busybox binary and the image's config).
