@@ -14,6 +14,10 @@ packages=(
   libcap-ng-dev    # building virtiofsd
   linux-source-6.1 # the guest kernel, and what building it needs:
   flex bison bc libelf-dev libssl-dev cpio xz-utils
+  containerd       # the shim's end-to-end tests: a private containerd and its CRI plugin
+  runc             # the reference runtime those tests are proven against
+  containernetworking-plugins # CNI plugins for the private containerd's pods
+  protobuf-compiler # protoc, for the k8s-cri crate's build script (the CRI client)
 )
 
 missing=()

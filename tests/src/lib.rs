@@ -1,8 +1,12 @@
 //! Shared harness for Hull's suites: busybox root filesystems, OCI specs, and
-//! a real `hull-agent` started on the host and reached over a Unix socket.
+//! a real `hull-agent` started on the host and reached over a Unix socket;
+//! locally built OCI images, a private containerd and a CRI client.
 
 pub mod agent;
+pub mod containerd;
+pub mod cri;
 pub mod driver;
+pub mod image;
 pub mod kvm_host;
 pub mod rootfs;
 pub mod spec;
