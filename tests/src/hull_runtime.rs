@@ -1,0 +1,121 @@
+//! A private containerd with the `hull` runtime: the shim from this
+//! workspace, a Hull config file (guest image, hull-vmm, a private state
+//! directory, small VMs) and the test images; plus what a test checks was
+//! left behind.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::containerd::{self, Containerd};
+
+/// What the tests' pods get unless a test says otherwise.
+pub const TEST_MEMORY_MIB: u32 = 256;
+
+#[derive(Debug)]
+pub struct HullRuntime {
+    // Dropped first: it kills the shims, which own the VMs.
+    pub containerd: Containerd,
+    /// The Hull config file given to the shim through `HULL_CONFIG`.
+    pub config_path: PathBuf,
+    /// The shim's `state_dir`: one directory per pod.
+    pub state_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl HullRuntime {
+    /// containerd with the hull runtime and the test images in `namespace`
+    /// (and in CRI's when `cri` is set).
+    pub fn start(namespace: &str, cri: bool) -> Self {
+        // Short: pod directories hold Unix sockets.
+        let dir = tempfile::Builder::new()
+            .prefix("hs-")
+            .tempdir_in("/tmp")
+            .expect("hull state dir");
+        let state_dir = dir.path().join("s");
+        let config_path = dir.path().join("config.toml");
+        let (kernel, initrd) = crate::vm::guest_image();
+        std::fs::write(
+            &config_path,
+            format!(
+                "kernel = {kernel:?}\ninitrd = {initrd:?}\nhull_vmm = {:?}\nstate_dir = {state_dir:?}\ndefault_memory_mib = {TEST_MEMORY_MIB}\nlog_level = \"debug\"\n",
+                crate::workspace_binary("hull-vmm").display().to_string(),
+            ),
+        )
+        .expect("hull config");
+        let containerd = Containerd::builder()
+            .hull_shim()
+            .env("HULL_CONFIG", &config_path)
+            .env("HULL_SHIM_LOG", "debug")
+            .start();
+        containerd.import_test_images(namespace);
+        if cri {
+            containerd.import_cri_images();
+        }
+        Self {
+            containerd,
+            config_path,
+            state_dir,
+            _dir: dir,
+        }
+    }
+
+    /// The pod directories that exist now.
+    pub fn pod_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.state_dir)
+            .map(|entries| entries.flatten().map(|entry| entry.path()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The VM processes (name, pid) of a running pod, from its pids file.
+    pub fn vm_processes(pod_dir: &Path) -> Vec<(String, i32)> {
+        std::fs::read_to_string(pod_dir.join("pids"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let (name, pid) = line.split_once(' ')?;
+                Some((name.to_owned(), pid.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Everything of Hull's still on the host: live processes that name the
+    /// state directory (VMMs and their helpers), shims, mounts and pod
+    /// directories under the state directory. Waits up to `patience` for
+    /// it to go.
+    pub fn leftovers(&self, patience: Duration) -> Vec<String> {
+        let deadline = Instant::now() + patience;
+        loop {
+            let found = self.leftovers_now();
+            if found.is_empty() || Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn leftovers_now(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let marker = self.state_dir.display().to_string();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(&marker) && containerd::process_state(pid).is_some_and(|s| s != 'Z')
+            {
+                found.push(format!("process {pid}: {cmdline}"));
+            }
+        }
+        for pid in self.containerd.shim_pids() {
+            found.push(format!("shim {pid}"));
+        }
+        for mount in containerd::mounts_under(&self.state_dir) {
+            found.push(format!("mount {}", mount.display()));
+        }
+        for dir in self.pod_dirs() {
+            found.push(format!("pod directory {}", dir.display()));
+        }
+        found
+    }
+}

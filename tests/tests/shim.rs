@@ -1,0 +1,453 @@
+//! `containerd-shim-hull-v2` through a real containerd (Debian's 1.6) and
+//! its CRI plugin: `ctr` basics, a two-container CRI pod in one VM, a VMM
+//! killed under a running task, leak-free create/delete cycles, and
+//! configuration errors that name the option.
+//!
+//! On this host the pods run under QEMU TCG (no hardware virtualization).
+//! The last test boots the KVM test host and re-runs the ctr, CRI and crash
+//! tests in it, where the default backend is hull-vmm.
+
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hull_tests::containerd::HULL_HANDLER;
+use hull_tests::cri::{self, ContainerSpec, CriClient, PodSpec};
+use hull_tests::hull_runtime::HullRuntime;
+use hull_tests::image::BUSYBOX_IMAGE;
+use hull_tests::{kvm_host, unique_id};
+
+const NS: &str = "hull-test";
+const RUNTIME: &str = "io.containerd.hull.v2";
+/// Set in the KVM test host: the VMM every pod there must run under.
+const EXPECT_BACKEND: &str = "HULL_EXPECT_BACKEND";
+
+/// One pod VM at a time: they are emulated, and two cores are few.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `ctr run --runtime io.containerd.hull.v2 ARGS…`.
+fn run(rt: &HullRuntime, args: &[&str]) -> Output {
+    let mut full = vec!["--runtime", RUNTIME];
+    full.extend_from_slice(args);
+    rt.containerd.ctr_run(NS, &full)
+}
+
+fn run_ok(rt: &HullRuntime, args: &[&str]) -> String {
+    let output = run(rt, args);
+    assert!(
+        output.status.success(),
+        "ctr run {args:?}: {}\n{}\ncontainerd log:\n{}",
+        output.status,
+        text(&output.stderr),
+        rt.containerd.log_tail(60)
+    );
+    text(&output.stdout)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn task_status(rt: &HullRuntime, id: &str) -> Option<String> {
+    rt.containerd
+        .ctr_ok(&["-n", NS, "tasks", "ls"])
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(id))
+        .and_then(|line| line.split_whitespace().nth(2).map(str::to_owned))
+}
+
+/// The running pods' VMMs are the expected backend (in the KVM test host).
+fn check_backend(rt: &HullRuntime) {
+    let Ok(expected) = std::env::var(EXPECT_BACKEND) else {
+        return;
+    };
+    let pods = rt.pod_dirs();
+    assert!(!pods.is_empty(), "no pod is running");
+    for pod in pods {
+        let names: Vec<String> = HullRuntime::vm_processes(&pod)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert!(
+            names.contains(&expected),
+            "{} runs {names:?}, not {expected}",
+            pod.display()
+        );
+    }
+}
+
+fn assert_no_leftovers(rt: &HullRuntime) {
+    let left = rt.leftovers(Duration::from_secs(15));
+    assert!(left.is_empty(), "left behind:\n{}", left.join("\n"));
+}
+
+#[test]
+fn ctr_runs_exec_kill_and_tty_in_a_hull() {
+    let _serial = serial();
+    let rt = HullRuntime::start(NS, false);
+
+    // Output, and the guest's own kernel.
+    let out = run_ok(
+        &rt,
+        &[
+            "--rm",
+            BUSYBOX_IMAGE,
+            &unique_id("c"),
+            "sh",
+            "-c",
+            "echo hello; uname -r",
+        ],
+    );
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("hello"), "{out}");
+    let host = nix::sys::utsname::uname().expect("uname");
+    assert_ne!(
+        lines.next(),
+        Some(&*host.release().to_string_lossy()),
+        "ran on the host's kernel"
+    );
+
+    // Exit codes propagate.
+    let output = run(
+        &rt,
+        &[
+            "--rm",
+            BUSYBOX_IMAGE,
+            &unique_id("c"),
+            "sh",
+            "-c",
+            "echo oops >&2; exit 3",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    assert_eq!(text(&output.stderr), "oops\n");
+
+    // A detached task: exec into it, then kill it.
+    let id = unique_id("d");
+    run_ok(&rt, &["-d", BUSYBOX_IMAGE, &id, "sleep", "1000"]);
+    check_backend(&rt);
+    let exec = rt.containerd.ctr(&[
+        "-n",
+        NS,
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e1",
+        &id,
+        "sh",
+        "-c",
+        "echo from-exec; exit 4",
+    ]);
+    assert_eq!(text(&exec.stdout), "from-exec\n", "{exec:?}");
+    assert_eq!(exec.status.code(), Some(4));
+    let pids = rt.containerd.ctr_ok(&["-n", NS, "tasks", "ps", &id]);
+    assert!(pids.lines().count() >= 2, "{pids}");
+    rt.containerd
+        .ctr_ok(&["-n", NS, "tasks", "kill", "-s", "KILL", &id]);
+    wait_until("the killed task to stop", Duration::from_secs(30), || {
+        task_status(&rt, &id).as_deref() == Some("STOPPED")
+    });
+    let removed = rt.containerd.ctr(&["-n", NS, "tasks", "rm", &id]);
+    assert!(text(&removed.stderr).contains("137"), "{removed:?}");
+    rt.containerd.ctr_ok(&["-n", NS, "containers", "rm", &id]);
+
+    // A tty: ctr needs a terminal of its own, which script(1) provides.
+    let command = format!(
+        "ctr --address {} -n {NS} run --runtime {RUNTIME} --rm -t {BUSYBOX_IMAGE} {} sh -c 'tty; echo tty-ok'",
+        rt.containerd.socket().display(),
+        unique_id("t")
+    );
+    let tty = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    let out = text(&tty.stdout);
+    assert!(
+        out.contains("/dev/pts/") && out.contains("tty-ok"),
+        "{tty:?}"
+    );
+
+    assert_no_leftovers(&rt);
+}
+
+#[test]
+fn a_killed_vmm_ends_the_task_with_an_error_and_is_cleaned_up() {
+    let _serial = serial();
+    let rt = HullRuntime::start(NS, false);
+    let mut events = Command::new("ctr")
+        .arg("--address")
+        .arg(rt.containerd.socket())
+        .args(["events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ctr events");
+
+    let id = unique_id("crash");
+    run_ok(&rt, &["-d", BUSYBOX_IMAGE, &id, "sleep", "1000"]);
+    check_backend(&rt);
+    let pod = rt.pod_dirs().pop().expect("a pod directory");
+    let (name, vmm) = HullRuntime::vm_processes(&pod)
+        .into_iter()
+        .rev()
+        .find(|(name, _)| name == "qemu" || name == "hull-vmm")
+        .expect("the VMM's pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vmm),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the VMM");
+
+    wait_until(
+        &format!("the task to stop after {name} was killed"),
+        Duration::from_secs(30),
+        || task_status(&rt, &id).as_deref() == Some("STOPPED"),
+    );
+    let removed = rt.containerd.ctr(&["-n", NS, "tasks", "rm", &id]);
+    assert!(
+        text(&removed.stderr).contains("exit code 255"),
+        "{removed:?}"
+    );
+    rt.containerd.ctr_ok(&["-n", NS, "containers", "rm", &id]);
+    assert_no_leftovers(&rt);
+
+    // containerd heard of the exit.
+    let _ = events.kill();
+    let output = events.wait_with_output().expect("events output");
+    let events = text(&output.stdout);
+    assert!(
+        events
+            .lines()
+            .any(|line| line.contains("/tasks/exit") && line.contains(&id)),
+        "no TaskExit for {id} in:\n{events}"
+    );
+    // The shim logged what died.
+    assert!(
+        rt.containerd.log().contains(&format!("{name} exited")),
+        "{}",
+        rt.containerd.log_tail(40)
+    );
+}
+
+#[test]
+fn twenty_create_delete_cycles_leave_nothing_behind() {
+    let _serial = serial();
+    let rt = HullRuntime::start(NS, false);
+    let sockets = || {
+        std::fs::read_dir("/run/containerd/s")
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let sockets_before = sockets();
+    for cycle in 0..20 {
+        let out = run_ok(
+            &rt,
+            &[
+                "--rm",
+                BUSYBOX_IMAGE,
+                &format!("cycle{cycle}"),
+                "echo",
+                "ok",
+            ],
+        );
+        assert_eq!(out, "ok\n", "cycle {cycle}");
+    }
+    assert_no_leftovers(&rt);
+    assert_eq!(
+        sockets(),
+        sockets_before,
+        "shim sockets left in /run/containerd/s"
+    );
+    assert_eq!(
+        rt.containerd.ctr_ok(&["-n", NS, "containers", "ls", "-q"]),
+        ""
+    );
+}
+
+#[test]
+fn bad_configuration_and_annotations_are_named() {
+    let _serial = serial();
+    let rt = HullRuntime::start(NS, false);
+    // An annotation beyond the limits.
+    let output = run(
+        &rt,
+        &[
+            "--rm",
+            "--annotation",
+            "io.hull.vcpus=99",
+            BUSYBOX_IMAGE,
+            &unique_id("a"),
+            "true",
+        ],
+    );
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("io.hull.vcpus: 99 is not between 1 and"),
+        "{output:?}"
+    );
+    let output = run(
+        &rt,
+        &[
+            "--rm",
+            "--annotation",
+            "io.hull.memory_mib=lots",
+            BUSYBOX_IMAGE,
+            &unique_id("a"),
+            "true",
+        ],
+    );
+    assert!(
+        text(&output.stderr).contains("io.hull.memory_mib: \"lots\" is not a whole number"),
+        "{output:?}"
+    );
+
+    // A config file given as the runtime option, with a bad value.
+    let bad = rt.config_path.with_file_name("bad.toml");
+    std::fs::write(&bad, "default_vcpus = 0\n").expect("bad config");
+    let output = run(
+        &rt,
+        &[
+            "--rm",
+            "--runtime-config-path",
+            bad.to_str().expect("utf-8"),
+            BUSYBOX_IMAGE,
+            &unique_id("a"),
+            "true",
+        ],
+    );
+    assert!(
+        text(&output.stderr).contains("default_vcpus: 0 is not between 1 and"),
+        "{output:?}"
+    );
+    assert_no_leftovers(&rt);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cri_pod_runs_two_containers_in_one_vm() {
+    let _serial = serial();
+    let rt = HullRuntime::start(NS, true);
+    let mut client = CriClient::connect(rt.containerd.cri_socket()).await;
+    client.wait_for_test_images().await;
+    let logs = rt.state_dir.with_file_name("logs");
+    let mut spec = PodSpec::new("two-in-a-hull", HULL_HANDLER, &logs);
+    spec.host_network = true;
+    let pod = client
+        .run_pod(&spec)
+        .await
+        .unwrap_or_else(|err| panic!("RunPodSandbox: {err}\n{}", rt.containerd.log_tail(80)));
+    check_backend(&rt);
+    assert_eq!(rt.pod_dirs().len(), 1, "one VM for the pod");
+
+    // One listens on a localhost port, the other connects: they share the
+    // VM's network stack. Each prints the kernel's boot id: the same VM.
+    let listener = ContainerSpec::new(
+        "listener",
+        BUSYBOX_IMAGE,
+        &[
+            "sh",
+            "-c",
+            "cat /proc/sys/kernel/random/boot_id; echo pong | nc -l -p 8080",
+        ],
+    );
+    let listener_id = client
+        .run_container(&pod, &listener)
+        .await
+        .unwrap_or_else(|err| panic!("listener: {err}\n{}", rt.containerd.log_tail(80)));
+    let dialer = ContainerSpec::new(
+        "dialer",
+        BUSYBOX_IMAGE,
+        &[
+            "sh",
+            "-c",
+            "cat /proc/sys/kernel/random/boot_id; until echo ping | nc 127.0.0.1 8080; do sleep 0.2; done",
+        ],
+    );
+    let dialer_id = client.run_container(&pod, &dialer).await.expect("dialer");
+    for id in [&dialer_id, &listener_id] {
+        let code = client
+            .wait_exited(id, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|status| {
+                panic!(
+                    "{id} did not exit: {status:?}\n{}",
+                    rt.containerd.log_tail(60)
+                )
+            });
+        assert_eq!(code, 0, "container {id}");
+    }
+    assert_eq!(rt.pod_dirs().len(), 1, "still one VM for the pod");
+    let dialer_log = cri::log_text(&pod.log_file(&dialer.log_path()), "stdout");
+    let listener_log = cri::log_text(&pod.log_file(&listener.log_path()), "stdout");
+    let (dialer_boot, dialer_got) = dialer_log.split_once('\n').expect("dialer output");
+    let (listener_boot, listener_got) = listener_log.split_once('\n').expect("listener output");
+    assert_eq!((dialer_got, listener_got), ("pong\n", "ping\n"));
+    assert_eq!(
+        dialer_boot, listener_boot,
+        "the containers ran in different VMs"
+    );
+    let host_boot =
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("host boot id");
+    assert_ne!(dialer_boot, host_boot.trim(), "a container ran on the host");
+
+    // ExecSync in a running container.
+    let sleeper = ContainerSpec::new("sleeper", BUSYBOX_IMAGE, &["sleep", "1000"]);
+    let sleeper_id = client.run_container(&pod, &sleeper).await.expect("sleeper");
+    let exec = client
+        .exec_sync(
+            &sleeper_id,
+            &["sh", "-c", "echo out; echo err >&2; exit 7"],
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("ExecSync");
+    assert_eq!(
+        (exec.stdout.as_str(), exec.stderr.as_str(), exec.exit_code),
+        ("out\n", "err\n", 7)
+    );
+
+    client.stop_pod(&pod.id).await.expect("StopPodSandbox");
+    client.remove_pod(&pod.id).await.expect("RemovePodSandbox");
+    drop(client);
+    assert_no_leftovers(&rt);
+}
+
+#[test]
+fn the_shim_runs_pods_with_the_hull_backend_in_the_kvm_test_host() {
+    if std::env::var_os(EXPECT_BACKEND).is_some() {
+        return; // already inside
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let script = format!(
+        "mount -t tmpfs tmpfs /tmp\n{EXPECT_BACKEND}=hull-vmm RUST_BACKTRACE=1 {} --exact --test-threads 1 --nocapture \
+         ctr_runs_exec_kill_and_tty_in_a_hull a_cri_pod_runs_two_containers_in_one_vm \
+         a_killed_vmm_ends_the_task_with_an_error_and_is_cleaned_up",
+        exe.display()
+    );
+    let outcome = kvm_host::run(&script, 3072, Duration::from_secs(1200));
+    println!("{}", outcome.output);
+    assert_eq!(
+        outcome.exit_code, 0,
+        "output:\n{}\nconsole:\n{}",
+        outcome.output, outcome.console
+    );
+    assert!(
+        outcome.output.contains("test result: ok. 3 passed"),
+        "{}",
+        outcome.output
+    );
+}
