@@ -9,6 +9,7 @@ pub mod error;
 pub mod guest;
 pub mod ids;
 pub mod init;
+pub mod network;
 pub mod reaper;
 pub mod rpc;
 pub mod runtime;

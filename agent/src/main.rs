@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use hull_agent::reaper::Reaper;
 use hull_agent::server::{self, Listen};
 use hull_agent::service::{Agent, Config};
-use hull_agent::{init, runtime, signals};
+use hull_agent::{init, network, runtime, signals};
 use hull_proto::v1::AGENT_VSOCK_PORT;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -94,6 +94,9 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting tokio")?
         .block_on(async {
+            if pid1 {
+                network::loopback_up().await.context("bringing up lo")?;
+            }
             let reaper = Reaper::start().context("starting the reaper")?;
             let agent = Agent::new(
                 Config {

@@ -159,30 +159,37 @@ impl Vm {
     /// Fails, naming the process and its exit status, once the VMM or one of
     /// its helpers has exited.
     pub fn check_alive(&mut self) -> Result<(), VmError> {
-        // Helpers first: when one dies the VMM often dies of it, and the
-        // helper is what the error should name.
-        for helper in self
+        use std::os::unix::process::ExitStatusExt;
+        // When one process dies the others often follow (QEMU fails without
+        // its helpers; virtiofsd exits cleanly once QEMU is gone), so the
+        // error names the most likely first to go: one killed by a signal,
+        // then one that failed, then any; helpers before the VMM.
+        let exited: Vec<(&'static str, std::process::ExitStatus)> = self
             .helpers
             .iter_mut()
             .chain(std::iter::once(&mut self.vmm))
-        {
-            if let Some(status) = helper.exited() {
-                let name = helper.name;
-                let log = std::fs::read_to_string(self.work_dir.path().join(format!("{name}.log")))
-                    .unwrap_or_default();
-                let mut console = self.console.tail();
-                if !log.trim().is_empty() {
-                    console.push_str(&format!("\n[{name} log]\n{}", log.trim_end()));
-                }
-                return Err(VmError::HelperExited {
-                    name,
-                    status: status.to_string(),
-                    timeline: Box::new(self.timeline()),
-                    console,
-                });
-            }
+            .filter_map(|process| process.exited().map(|status| (process.name, status)))
+            .collect();
+        let culprit = exited
+            .iter()
+            .find(|(_, status)| status.signal().is_some())
+            .or_else(|| exited.iter().find(|(_, status)| !status.success()))
+            .or_else(|| exited.first());
+        let Some(&(name, status)) = culprit else {
+            return Ok(());
+        };
+        let log = std::fs::read_to_string(self.work_dir.path().join(format!("{name}.log")))
+            .unwrap_or_default();
+        let mut console = self.console.tail();
+        if !log.trim().is_empty() {
+            console.push_str(&format!("\n[{name} log]\n{}", log.trim_end()));
         }
-        Ok(())
+        Err(VmError::HelperExited {
+            name,
+            status: status.to_string(),
+            timeline: Box::new(self.timeline()),
+            console,
+        })
     }
 
     /// Waits up to `timeout` for the guest to power itself off, as it does

@@ -304,7 +304,17 @@ impl Tasks {
                     }
                 }
                 Some(Err(status)) => {
-                    tracing::error!(process = %id, %status, "waiting for a process");
+                    // Most often the VM died under the process: say what died.
+                    let reason = match tokio::time::timeout(
+                        Duration::from_secs(2),
+                        gone.wait_for(Option::is_some),
+                    )
+                    .await
+                    {
+                        Ok(Ok(reason)) => reason.clone().unwrap_or_default(),
+                        _ => status.to_string(),
+                    };
+                    tracing::error!(process = %id, %reason, "lost the process");
                     Exit {
                         status: VM_GONE_EXIT_STATUS,
                         at: SystemTime::now(),
@@ -408,17 +418,18 @@ impl Tasks {
             }
             return Ok(response);
         }
-        let alive = state
-            .pod
-            .as_ref()
-            .is_some_and(|pod| pod.gone().borrow().is_none());
-        if alive && let Ok((mut agent, _)) = pod_handles(&state) {
-            agent
+        // The container goes from the guest if the guest is still there; a
+        // dead VM or agent must not keep containerd from deleting the task.
+        if let Ok((mut agent, _)) = pod_handles(&state) {
+            let removed = agent
                 .remove_container(agent_api::RemoveContainerRequest {
                     container_id: request.id.clone(),
                     force: true,
                 })
-                .await?;
+                .await;
+            if let Err(status) = removed {
+                tracing::warn!(task = %request.id, %status, "removing the container in the guest");
+            }
         }
         if let Some(mut container) = state.containers.remove(&request.id) {
             container.mounts.release();

@@ -45,7 +45,10 @@ impl HullRuntime {
         let containerd = Containerd::builder()
             .hull_shim()
             .env("HULL_CONFIG", &config_path)
-            .env("HULL_SHIM_LOG", "debug")
+            .env(
+                "HULL_SHIM_LOG",
+                "debug,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info",
+            )
             .start();
         containerd.import_test_images(namespace);
         if cri {
