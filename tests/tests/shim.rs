@@ -338,6 +338,9 @@ fn bad_configuration_and_annotations_are_named() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The guard only keeps the other (synchronous) tests of this file out
+// while the pod runs; nothing else in this runtime takes it.
+#[allow(clippy::await_holding_lock)]
 async fn a_cri_pod_runs_two_containers_in_one_vm() {
     let _serial = serial();
     let rt = HullRuntime::start(NS, true);
