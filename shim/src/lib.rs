@@ -14,6 +14,7 @@ pub mod agent;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod logging;
 pub mod mounts;
 pub mod pod;
 pub mod serve;

@@ -96,6 +96,7 @@ impl Tasks {
             let config = Config::load(&Config::path(
                 config_path_option(request.options.as_ref()).as_deref(),
             ))?;
+            crate::logging::set_level(&config.log_level);
             let (vcpus, memory_mib) = config.pod_size(&annotations)?;
             let pod_id = annotations
                 .get(SANDBOX_ID_ANNOTATION)

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hull_tests::containerd::HULL_HANDLER;
-use hull_tests::cri::{self, ContainerSpec, CriClient, PodSpec};
+use hull_tests::cri::{self, BindMount, ContainerSpec, CriClient, PodSpec};
 use hull_tests::hull_runtime::HullRuntime;
 use hull_tests::image::BUSYBOX_IMAGE;
 use hull_tests::{kvm_host, unique_id};
@@ -156,6 +156,14 @@ fn ctr_runs_exec_kill_and_tty_in_a_hull() {
     assert_eq!(exec.status.code(), Some(4));
     let pids = rt.containerd.ctr_ok(&["-n", NS, "tasks", "ps", &id]);
     assert!(pids.lines().count() >= 2, "{pids}");
+    // Pause and resume freeze the container in the guest; metrics come from
+    // the guest's cgroup.
+    rt.containerd.ctr_ok(&["-n", NS, "tasks", "pause", &id]);
+    assert_eq!(task_status(&rt, &id).as_deref(), Some("PAUSED"));
+    rt.containerd.ctr_ok(&["-n", NS, "tasks", "resume", &id]);
+    assert_eq!(task_status(&rt, &id).as_deref(), Some("RUNNING"));
+    let metrics = rt.containerd.ctr_ok(&["-n", NS, "tasks", "metrics", &id]);
+    assert!(metrics.contains("pids.current"), "{metrics}");
     rt.containerd
         .ctr_ok(&["-n", NS, "tasks", "kill", "-s", "KILL", &id]);
     wait_until("the killed task to stop", Duration::from_secs(30), || {
@@ -406,6 +414,56 @@ async fn a_cri_pod_runs_two_containers_in_one_vm() {
     let host_boot =
         std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("host boot id");
     assert_ne!(dialer_boot, host_boot.trim(), "a container ran on the host");
+
+    // Volumes: read-only stays read-only in the guest, a read-write one
+    // takes writes that the host sees; resolv.conf comes from CRI.
+    let read_only = rt.state_dir.with_file_name("ro");
+    let read_write = rt.state_dir.with_file_name("rw");
+    std::fs::create_dir_all(&read_only).expect("ro dir");
+    std::fs::create_dir_all(&read_write).expect("rw dir");
+    std::fs::write(read_only.join("note"), "from the host\n").expect("note");
+    let mut volumes = ContainerSpec::new(
+        "volumes",
+        BUSYBOX_IMAGE,
+        &[
+            "sh",
+            "-c",
+            "cat /ro/note; touch /ro/x 2>/dev/null && echo ro-writable || echo ro-refused; \
+             echo written > /rw/out; echo resolv:; cat /etc/resolv.conf",
+        ],
+    );
+    volumes.mounts = vec![
+        BindMount {
+            host_path: read_only.clone(),
+            container_path: "/ro".into(),
+            readonly: true,
+        },
+        BindMount {
+            host_path: read_write.clone(),
+            container_path: "/rw".into(),
+            readonly: false,
+        },
+    ];
+    let volumes_id = client.run_container(&pod, &volumes).await.expect("volumes");
+    let code = client
+        .wait_exited(&volumes_id, Duration::from_secs(60))
+        .await
+        .expect("volumes exit");
+    let log = cri::log_text(&pod.log_file(&volumes.log_path()), "stdout");
+    assert_eq!(code, 0, "{log}");
+    let (checks, resolv) = log.split_once("resolv:\n").expect("resolv marker");
+    assert_eq!(checks, "from the host\nro-refused\n");
+    assert_eq!(
+        std::fs::read_to_string(read_write.join("out")).expect("rw out"),
+        "written\n"
+    );
+    assert!(!read_only.join("x").exists());
+    let pod_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    assert_eq!(
+        resolv.trim(),
+        pod_resolv.trim(),
+        "/etc/resolv.conf did not reach the guest"
+    );
 
     // ExecSync in a running container.
     let sleeper = ContainerSpec::new("sleeper", BUSYBOX_IMAGE, &["sleep", "1000"]);
