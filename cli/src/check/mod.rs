@@ -219,7 +219,7 @@ fn verdict(
     for (what, artifact) in [("kernel", kernel), ("initrd", initrd)] {
         if !artifact.present {
             problems.push(format!(
-                "the guest {what} {} is missing: run `hull image build`",
+                "the guest {what} {} is missing (`hull image build` builds the default one)",
                 artifact.path.display()
             ));
         }

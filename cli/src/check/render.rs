@@ -22,26 +22,32 @@ pub fn render(report: &Report) -> String {
         );
     }
     let verdict = &report.verdict;
-    let chosen = match (verdict.backend, verdict.accel) {
-        (Some(backend), Some(accel)) => format!("backend {backend} (accel {accel})"),
-        _ => "no backend".to_owned(),
-    };
     out.push('\n');
-    if verdict.can_run {
-        let _ = writeln!(
-            out,
-            "verdict: Hull can run here with {chosen}: {}",
-            verdict.reason
-        );
-    } else {
-        let _ = writeln!(
-            out,
-            "verdict: Hull cannot run here ({chosen}, requested {}): {}",
-            verdict.requested, verdict.reason
-        );
-        for problem in &verdict.problems {
-            let _ = writeln!(out, "  - {problem}");
+    match (verdict.can_run, verdict.backend, verdict.accel) {
+        (true, Some(backend), Some(accel)) => {
+            let _ = writeln!(
+                out,
+                "verdict: Hull can run here with backend {backend} (accel {accel}): {}",
+                verdict.reason
+            );
         }
+        (_, Some(backend), Some(accel)) => {
+            let _ = writeln!(
+                out,
+                "verdict: Hull cannot run here; backend {backend} (accel {accel}) would be used: {}",
+                verdict.reason
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "verdict: Hull cannot run here; no backend for {:?}",
+                verdict.requested
+            );
+        }
+    }
+    for problem in &verdict.problems {
+        let _ = writeln!(out, "  - {problem}");
     }
     out
 }
