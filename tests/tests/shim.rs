@@ -244,12 +244,45 @@ fn a_killed_vmm_ends_the_task_with_an_error_and_is_cleaned_up() {
             .any(|line| line.contains("/tasks/exit") && line.contains(&id)),
         "no TaskExit for {id} in:\n{events}"
     );
+    for topic in ["/tasks/create", "/tasks/start", "/tasks/delete"] {
+        assert!(
+            events.lines().any(|line| line.contains(topic) && line.contains(&id)),
+            "no {topic} for {id} in:\n{events}"
+        );
+    }
     // The shim logged what died.
     assert!(
         rt.containerd.log().contains(&format!("{name} exited")),
         "{}",
         rt.containerd.log_tail(40)
     );
+}
+
+#[test]
+fn a_killed_shim_is_cleaned_up_by_the_delete_command() {
+    let _serial = serial();
+    let rt = HullRuntime::start(NS, false);
+    let id = unique_id("orphan");
+    run_ok(&rt, &["-d", BUSYBOX_IMAGE, &id, "sleep", "1000"]);
+    let pod = rt.pod_dirs().pop().expect("a pod directory");
+    let vm: Vec<i32> = HullRuntime::vm_processes(&pod).into_iter().map(|(_, pid)| pid).collect();
+    let shims = rt.containerd.shim_pids();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill the shim");
+
+    // containerd notices, runs `containerd-shim-hull-v2 delete`, and that
+    // kills the orphaned VM and removes the pod's mounts and directory.
+    let left = rt.leftovers(Duration::from_secs(30));
+    assert!(left.is_empty(), "left behind:\n{}", left.join("\n"));
+    for pid in vm {
+        assert!(
+            hull_tests::containerd::process_state(pid).is_none_or(|state| state == 'Z'),
+            "VM process {pid} survived its shim"
+        );
+    }
+    let _ = rt.containerd.ctr(&["-n", NS, "tasks", "rm", "-f", &id]);
+    rt.containerd.ctr_ok(&["-n", NS, "containers", "rm", &id]);
 }
 
 #[test]
