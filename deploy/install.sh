@@ -76,6 +76,7 @@ cleanup() {
   if ((${#scratch[@]})); then
     rm -f -- "${scratch[@]}"
   fi
+  scratch=()
 }
 trap cleanup EXIT
 
@@ -344,6 +345,7 @@ do_install() {
     restart_containerd
   fi
   label_node true
+  cleanup
   log "installed"
 }
 
@@ -357,18 +359,24 @@ do_uninstall() {
   unlink_binaries
   remove_hull_config
   remove_files
+  cleanup
   log "uninstalled"
 }
 
+# A SIGTERM at any point ends the wait, or skips it.
+stop=false
+sleeper=
 do_run() {
-  local sleeper
+  trap 'stop=true; if [[ -n $sleeper ]]; then kill "$sleeper" 2>/dev/null || true; fi' TERM INT
   do_install
-  # The DaemonSet's readiness probe looks for it.
-  touch "${HULL_READY_FILE:-/tmp/hull-deploy.ready}"
   sleep infinity &
   sleeper=$!
-  trap 'kill "$sleeper" 2>/dev/null || true' TERM INT
-  wait "$sleeper" || true
+  # The DaemonSet's readiness probe looks for it.
+  touch "${HULL_READY_FILE:-/tmp/hull-deploy.ready}"
+  if [[ $stop == false ]]; then
+    wait "$sleeper" || true
+  fi
+  kill "$sleeper" 2>/dev/null || true
   if [[ ${HULL_UNINSTALL_ON_EXIT:-false} == true ]]; then
     do_uninstall
   fi

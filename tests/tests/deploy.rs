@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -775,5 +776,65 @@ fn the_scripts_pass_shellcheck() {
             String::from_utf8_lossy(&output.stdout)
         ),
         Err(_) => eprintln!("shellcheck is not installed: only `bash -n` checked"),
+    }
+}
+
+/// The DaemonSet's entry point: `run` installs, says it is ready, waits,
+/// and uninstalls on SIGTERM when told to.
+#[test]
+fn install_sh_run_installs_then_uninstalls_on_sigterm() {
+    let node = Node::new();
+    std::fs::write(node.containerd_config(), V3_CONFIG).expect("config");
+    let ready = node.dir.path().join("ready");
+    let log_path = node.dir.path().join("run.log");
+    let log_file = std::fs::File::create(&log_path).expect("log");
+    let child = Command::new("bash")
+        .arg(deploy("install.sh"))
+        .arg("run")
+        .env("HOST_ROOT", node.dir.path().join("root"))
+        .env("HULL_PAYLOAD", node.dir.path().join("payload"))
+        .env("HULL_NO_RESTART", "1")
+        .env("HULL_UNINSTALL_ON_EXIT", "true")
+        .env("HULL_READY_FILE", &ready)
+        .env_remove("NODE_NAME")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("HULL_LINK_DIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(log_file)
+        .process_group(0)
+        .spawn()
+        .expect("install.sh run");
+    let mut child = KillGroupOnDrop(child);
+    let child = &mut child.0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ready.exists() {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        assert!(child.try_wait().expect("try_wait").is_none(), "run ended");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    node.assert_installed();
+    assert_one_block(&read(&node.containerd_config()), V3_CONFIG, 3);
+
+    let pid = nix::unistd::Pid::from_raw(child.id().try_into().expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = child.wait().expect("wait");
+    let log = read(&log_path);
+    assert!(status.success(), "{log}");
+    assert!(log.contains("uninstalled"), "{log}");
+    assert_eq!(read(&node.containerd_config()), V3_CONFIG);
+    node.assert_uninstalled();
+}
+
+/// A child in its own process group, all of which is killed if the test
+/// fails before it ends (`run` leaves a `sleep` behind otherwise).
+struct KillGroupOnDrop(std::process::Child);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let group = nix::unistd::Pid::from_raw(-i32::try_from(self.0.id()).expect("pid"));
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = self.0.wait();
+        }
     }
 }
