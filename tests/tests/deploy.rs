@@ -1,0 +1,840 @@
+//! `deploy/`: the manifests parse and say what they must, the containerd
+//! snippets put the runtime where their version wants it, the documented
+//! `config.toml` is exactly the shim's defaults, and `install.sh` installs
+//! and uninstalls against a scratch host root, idempotently.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use hull_shim::config::Config;
+use serde::Deserialize as _;
+use serde_yaml::Value;
+
+const BINARIES: [&str; 4] = [
+    "containerd-shim-hull-v2",
+    "hull-vmm",
+    "virtiofsd",
+    "vhost-device-vsock",
+];
+const GUEST_FILES: [&str; 2] = ["vmlinux", "initramfs.cpio.gz"];
+const BEGIN_MARKER: &str = "# BEGIN hull runtime";
+const END_MARKER: &str = "# END hull runtime";
+const NODE_LABEL: &str = "hull.dev/runtime";
+
+/// bench/README.md's medians (KiB) for the hull backend, and the shim's RSS
+/// that deploy/README.md uses.
+const MEASURED_KIB: [u64; 4] = [3256, 2152, 44564, 14336];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+fn deploy(name: &str) -> PathBuf {
+    repo().join("deploy").join(name)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+}
+
+fn yaml_documents(name: &str) -> Vec<Value> {
+    let text = read(&deploy(name));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|document| Value::deserialize(document).unwrap_or_else(|err| panic!("{name}: {err}")))
+        .filter(|value| !value.is_null())
+        .collect()
+}
+
+/// The value at a dotted path (`[n]` picks a list item), or a panic that
+/// names the path.
+fn at<'a>(value: &'a Value, path: &str) -> &'a Value {
+    let mut current = value;
+    for part in path.split('.') {
+        let (key, index) = match part.split_once('[') {
+            Some((key, rest)) => (
+                key,
+                Some(rest.trim_end_matches(']').parse::<usize>().expect("index")),
+            ),
+            None => (part, None),
+        };
+        if !key.is_empty() {
+            current = current
+                .get(key)
+                .unwrap_or_else(|| panic!("{path}: no {key:?} in {current:?}"));
+        }
+        if let Some(index) = index {
+            current = current
+                .get(index)
+                .unwrap_or_else(|| panic!("{path}: no item {index}"));
+        }
+    }
+    current
+}
+
+fn string<'a>(value: &'a Value, path: &str) -> &'a str {
+    at(value, path)
+        .as_str()
+        .unwrap_or_else(|| panic!("{path} is not a string"))
+}
+
+fn list<'a>(value: &'a Value, path: &str) -> &'a Vec<Value> {
+    at(value, path)
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{path} is not a list"))
+}
+
+/// A Kubernetes quantity (`96Mi`, `100m`, `1.5G`, `2e3`) as a number.
+fn quantity(text: &str) -> Option<f64> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    if number.is_empty() || number.starts_with('.') && number.len() == 1 {
+        return None;
+    }
+    let number: f64 = number.parse().ok()?;
+    let factor = match suffix {
+        "" => 1.0,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        exponent if exponent.starts_with(['e', 'E']) => 10f64.powi(exponent[1..].parse().ok()?),
+        _ => return None,
+    };
+    Some(number * factor)
+}
+
+#[test]
+fn quantities_parse_as_kubernetes_reads_them() {
+    assert_eq!(quantity("96Mi"), Some(96.0 * 1024.0 * 1024.0));
+    assert_eq!(quantity("100m"), Some(0.1));
+    assert_eq!(quantity("2"), Some(2.0));
+    assert_eq!(quantity("1e3"), Some(1000.0));
+    for bad in ["", "Mi", "96MiB", "ten", "1.5x"] {
+        assert_eq!(quantity(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn the_runtime_class_names_the_hull_handler_with_its_overhead() {
+    let documents = yaml_documents("runtimeclass.yaml");
+    assert_eq!(documents.len(), 1, "one RuntimeClass");
+    let class = &documents[0];
+    assert_eq!(string(class, "apiVersion"), "node.k8s.io/v1");
+    assert_eq!(string(class, "kind"), "RuntimeClass");
+    assert_eq!(string(class, "metadata.name"), "hull");
+    assert_eq!(string(class, "handler"), "hull");
+
+    let memory = string(class, "overhead.podFixed.memory");
+    let memory = quantity(memory).unwrap_or_else(|| panic!("memory {memory:?}"));
+    let measured: u64 = MEASURED_KIB.iter().sum();
+    assert!(
+        memory >= (measured * 1024) as f64,
+        "podFixed memory {memory} is below the measured {measured} KiB"
+    );
+    let cpu = string(class, "overhead.podFixed.cpu");
+    let cpu = quantity(cpu).unwrap_or_else(|| panic!("cpu {cpu:?}"));
+    assert!(cpu > 0.0 && cpu < 1.0, "cpu {cpu}");
+
+    // The nodes install.sh labels, with a string value as a selector needs.
+    assert_eq!(
+        at(class, "scheduling.nodeSelector")
+            .get(NODE_LABEL)
+            .and_then(Value::as_str),
+        Some("true")
+    );
+    assert!(read(&deploy("install.sh")).contains(&format!("node_label={NODE_LABEL}\n")));
+
+    // The derivation is written down where the figures are used.
+    for text in [
+        read(&deploy("runtimeclass.yaml")),
+        read(&deploy("README.md")),
+    ] {
+        for figure in MEASURED_KIB {
+            assert!(text.contains(&figure.to_string()), "{figure} not stated");
+        }
+        assert!(
+            text.contains(&measured.to_string()),
+            "{measured} not stated"
+        );
+    }
+}
+
+#[test]
+fn the_installer_daemonset_is_complete() {
+    let documents = yaml_documents("hull-deploy.yaml");
+    let of_kind = |kind: &str| -> &Value {
+        let found: Vec<&Value> = documents
+            .iter()
+            .filter(|document| string(document, "kind") == kind)
+            .collect();
+        assert_eq!(found.len(), 1, "one {kind}");
+        found[0]
+    };
+
+    let account = of_kind("ServiceAccount");
+    assert_eq!(string(account, "apiVersion"), "v1");
+    let account_name = string(account, "metadata.name");
+    assert_eq!(string(account, "metadata.namespace"), "kube-system");
+
+    let role = of_kind("ClusterRole");
+    assert_eq!(string(role, "apiVersion"), "rbac.authorization.k8s.io/v1");
+    let rule = &list(role, "rules")[0];
+    assert!(list(rule, "resources").contains(&Value::from("nodes")));
+    assert!(list(rule, "verbs").contains(&Value::from("patch")));
+
+    let binding = of_kind("ClusterRoleBinding");
+    assert_eq!(string(binding, "roleRef.kind"), "ClusterRole");
+    assert_eq!(
+        string(binding, "roleRef.name"),
+        string(role, "metadata.name")
+    );
+    assert_eq!(string(binding, "subjects[0].kind"), "ServiceAccount");
+    assert_eq!(string(binding, "subjects[0].name"), account_name);
+    assert_eq!(string(binding, "subjects[0].namespace"), "kube-system");
+
+    let daemonset = of_kind("DaemonSet");
+    assert_eq!(string(daemonset, "apiVersion"), "apps/v1");
+    assert_eq!(string(daemonset, "metadata.namespace"), "kube-system");
+    assert_eq!(
+        at(daemonset, "spec.selector.matchLabels"),
+        at(daemonset, "spec.template.metadata.labels"),
+        "the selector picks the template's pods"
+    );
+    let pod = at(daemonset, "spec.template.spec");
+    assert_eq!(string(pod, "serviceAccountName"), account_name);
+    assert_eq!(at(pod, "hostPID"), &Value::from(true));
+
+    let containers = list(pod, "containers");
+    assert_eq!(containers.len(), 1);
+    let container = &containers[0];
+    assert_eq!(
+        string(container, "image"),
+        format!("hull/deploy:{}", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(
+        at(container, "securityContext.privileged"),
+        &Value::from(true)
+    );
+    let command: Vec<&str> = list(container, "command")
+        .iter()
+        .map(|part| part.as_str().expect("command word"))
+        .collect();
+    assert_eq!(command, ["/opt/hull-deploy/install.sh", "run"]);
+    assert!(
+        read(&deploy("Dockerfile")).contains("COPY install.sh /opt/hull-deploy/install.sh\n"),
+        "the image has install.sh where the DaemonSet runs it"
+    );
+
+    let env: BTreeMap<&str, &Value> = list(container, "env")
+        .iter()
+        .map(|var| (string(var, "name"), var))
+        .collect();
+    assert_eq!(
+        string(env["NODE_NAME"], "valueFrom.fieldRef.fieldPath"),
+        "spec.nodeName"
+    );
+    assert_eq!(string(env["HOST_ROOT"], "value"), "/host");
+    assert_eq!(string(env["HULL_UNINSTALL_ON_EXIT"], "value"), "false");
+
+    // Every volume is mounted and every mount has a volume, by name; each
+    // host path appears under HOST_ROOT at its own path.
+    let volumes: BTreeMap<&str, &str> = list(pod, "volumes")
+        .iter()
+        .map(|volume| (string(volume, "name"), string(volume, "hostPath.path")))
+        .collect();
+    let mounts: BTreeMap<&str, &str> = list(container, "volumeMounts")
+        .iter()
+        .map(|mount| (string(mount, "name"), string(mount, "mountPath")))
+        .collect();
+    assert_eq!(
+        volumes.keys().collect::<Vec<_>>(),
+        mounts.keys().collect::<Vec<_>>(),
+        "volumes and volumeMounts match by name"
+    );
+    for (name, host_path) in &volumes {
+        assert_eq!(mounts[name], format!("/host{host_path}"), "{name}");
+    }
+    let host_paths: BTreeSet<&str> = volumes.values().copied().collect();
+    for needed in [
+        "/opt/hull",
+        "/etc/hull",
+        "/etc/containerd",
+        "/usr/local/bin",
+    ] {
+        assert!(host_paths.contains(needed), "{needed} is not mounted");
+    }
+    assert_eq!(
+        list(container, "readinessProbe.exec.command")[2],
+        Value::from("/tmp/hull-deploy.ready")
+    );
+    assert!(read(&deploy("install.sh")).contains("/tmp/hull-deploy.ready"));
+}
+
+fn toml_at<'a>(value: &'a toml::Value, path: &[&str]) -> &'a toml::Value {
+    path.iter().fold(value, |current, key| {
+        current
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key:?} on the way to {path:?}"))
+    })
+}
+
+/// The table path of the `hull` runtime in a containerd config of
+/// `version`.
+fn runtime_path(version: i64) -> [&'static str; 5] {
+    let plugin = match version {
+        2 => "io.containerd.grpc.v1.cri",
+        3 => "io.containerd.cri.v1.runtime",
+        other => panic!("version {other}"),
+    };
+    ["plugins", plugin, "containerd", "runtimes", "hull"]
+}
+
+/// Checks the `hull` runtime in a parsed containerd config.
+fn assert_hull_runtime(config: &toml::Value, version: i64) {
+    let runtime = toml_at(config, &runtime_path(version));
+    assert_eq!(
+        runtime.get("runtime_type").and_then(toml::Value::as_str),
+        Some("io.containerd.hull.v2")
+    );
+    assert_eq!(
+        toml_at(runtime, &["options", "ConfigPath"]).as_str(),
+        Some(hull_shim::config::DEFAULT_PATH)
+    );
+    let annotations = runtime
+        .get("pod_annotations")
+        .and_then(toml::Value::as_array)
+        .expect("pod_annotations");
+    assert!(annotations.contains(&toml::Value::from("io.hull.*")));
+}
+
+#[test]
+fn the_containerd_snippets_put_the_runtime_at_their_versions_path() {
+    for version in [2, 3] {
+        let name = format!("containerd/config-v{version}.toml");
+        let config: toml::Value =
+            toml::from_str(&read(&deploy(&name))).unwrap_or_else(|err| panic!("{name}: {err}"));
+        assert_eq!(config.get("version"), Some(&toml::Value::from(version)));
+        assert_hull_runtime(&config, version);
+        // Nothing at the other version's path.
+        let other = runtime_path(5 - version)[1];
+        assert!(config["plugins"].get(other).is_none(), "{name} has {other}");
+    }
+}
+
+/// `containerd config dump` of `file`, when containerd is installed (the
+/// test set-up installs 1.6): proof that containerd itself reads the hull
+/// runtime from a version 2 file.
+fn containerd_reads(file: &Path) {
+    if Command::new("containerd")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "containerd is not installed: not loading {}",
+            file.display()
+        );
+        return;
+    }
+    let output = Command::new("containerd")
+        .arg("--config")
+        .arg(file)
+        .args(["config", "dump"])
+        .output()
+        .expect("containerd config dump");
+    assert!(output.status.success(), "{output:?}");
+    let dumped: toml::Value =
+        toml::from_str(&String::from_utf8_lossy(&output.stdout)).expect("dump parses");
+    assert_hull_runtime(&dumped, 2);
+}
+
+#[test]
+fn containerd_reads_the_v2_snippet() {
+    containerd_reads(&deploy("containerd/config-v2.toml"));
+}
+
+/// The options of the shim's config file, from `struct File` in
+/// shim/src/config.rs, so that a new option cannot miss the docs.
+fn config_file_options() -> Vec<String> {
+    let source = read(&repo().join("shim/src/config.rs"));
+    let body = source
+        .split_once("struct File {")
+        .expect("struct File in shim/src/config.rs")
+        .1
+        .split_once('}')
+        .expect("end of struct File")
+        .0;
+    let options: Vec<String> = body
+        .lines()
+        .filter_map(|line| line.trim().split_once(": Option<"))
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    assert!(options.len() >= 10, "read {options:?} from struct File");
+    options
+}
+
+#[test]
+fn the_documented_config_is_exactly_the_defaults_and_names_every_option() {
+    let text = read(&deploy("config.toml"));
+    assert_eq!(
+        Config::parse(&text).expect("deploy/config.toml parses"),
+        Config::default()
+    );
+    let table: toml::Table = toml::from_str(&text).expect("TOML");
+    let options = config_file_options();
+    assert_eq!(
+        table.keys().collect::<BTreeSet<_>>(),
+        options.iter().collect::<BTreeSet<_>>(),
+        "deploy/config.toml sets every option of the shim's file, and no other"
+    );
+    // Each option sits in a paragraph that has a comment.
+    for paragraph in text.split("\n\n") {
+        let sets = paragraph.lines().any(|line| line.contains(" = "));
+        let explains = paragraph.lines().any(|line| line.starts_with('#'));
+        assert!(!sets || explains, "no comment for:\n{paragraph}");
+    }
+}
+
+/// A scratch node: its root, and a payload like the image's.
+struct Node {
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new() -> Self {
+        let node = Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        for name in BINARIES {
+            node.payload_file("bin", name, &format!("#!/bin/sh\necho {name}\n"));
+        }
+        for name in GUEST_FILES {
+            node.payload_file("share", name, &format!("fake {name}\n"));
+        }
+        std::fs::create_dir_all(node.host("/etc/containerd")).expect("etc");
+        node
+    }
+
+    fn payload_file(&self, dir: &str, name: &str, text: &str) {
+        let path = self.dir.path().join("payload").join(dir).join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("payload dir");
+        std::fs::write(path, text).expect("payload file");
+    }
+
+    fn host(&self, path: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("root")
+            .join(path.trim_start_matches('/'))
+    }
+
+    fn containerd_config(&self) -> PathBuf {
+        self.host("/etc/containerd/config.toml")
+    }
+
+    fn run(&self, action: &str) -> Output {
+        Command::new("bash")
+            .arg(deploy("install.sh"))
+            .arg(action)
+            .env("HOST_ROOT", self.dir.path().join("root"))
+            .env("HULL_PAYLOAD", self.dir.path().join("payload"))
+            .env("HULL_NO_RESTART", "1")
+            .env_remove("NODE_NAME")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("HULL_LINK_DIR")
+            .output()
+            .expect("bash install.sh")
+    }
+
+    fn run_ok(&self, action: &str) -> String {
+        let output = self.run(action);
+        let log = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "install.sh {action}:\n{log}");
+        log
+    }
+
+    fn assert_installed(&self) {
+        for name in BINARIES {
+            let installed = self.host(&format!("/opt/hull/bin/{name}"));
+            assert_eq!(
+                read(&installed),
+                format!("#!/bin/sh\necho {name}\n"),
+                "{name}"
+            );
+            let mode = std::fs::metadata(&installed).expect("stat").permissions();
+            assert_eq!(mode.mode() & 0o777, 0o755, "{name}");
+            let link = self.host(&format!("/usr/local/bin/{name}"));
+            assert_eq!(
+                std::fs::read_link(&link).expect("link"),
+                PathBuf::from(format!("/opt/hull/bin/{name}")),
+                "{name}"
+            );
+        }
+        for name in GUEST_FILES {
+            assert_eq!(
+                read(&self.host(&format!("/opt/hull/share/{name}"))),
+                format!("fake {name}\n")
+            );
+        }
+        // The shim's config: the documented one, pointed at /opt/hull.
+        let config = Config::parse(&read(&self.host("/etc/hull/config.toml")))
+            .expect("installed config.toml parses");
+        assert_eq!(
+            config,
+            Config {
+                kernel: "/opt/hull/share/vmlinux".into(),
+                initrd: "/opt/hull/share/initramfs.cpio.gz".into(),
+                hull_vmm: "/opt/hull/bin/hull-vmm".into(),
+                ..Config::default()
+            }
+        );
+        // No temporary file left behind.
+        for dir in ["/etc/containerd", "/etc/hull", "/opt/hull/bin"] {
+            for entry in std::fs::read_dir(self.host(dir)).expect("read_dir") {
+                let name = entry.expect("entry").file_name();
+                assert!(
+                    !name.to_string_lossy().contains(".hull."),
+                    "{dir}/{name:?} left"
+                );
+            }
+        }
+    }
+
+    fn assert_uninstalled(&self) {
+        assert!(!self.host("/opt/hull").exists(), "/opt/hull is left");
+        assert!(!self.host("/etc/hull/config.toml").exists());
+        for name in BINARIES {
+            let link = self.host(&format!("/usr/local/bin/{name}"));
+            assert!(link.symlink_metadata().is_err(), "{name} link is left");
+        }
+    }
+}
+
+/// The containerd config after installing: exactly one hull block, the
+/// original text before it, and it parses with the runtime at the path of
+/// `version`.
+fn assert_one_block(text: &str, original: &str, version: i64) {
+    assert_eq!(text.matches(BEGIN_MARKER).count(), 1, "{text}");
+    assert_eq!(text.matches(END_MARKER).count(), 1, "{text}");
+    assert_eq!(text.matches("runtimes.hull]").count(), 1, "{text}");
+    assert_eq!(text.matches("runtimes.hull.options]").count(), 1, "{text}");
+    assert!(text.starts_with(original), "{text}");
+    let config: toml::Value = toml::from_str(text).unwrap_or_else(|err| panic!("{err}\n{text}"));
+    assert_eq!(config.get("version"), Some(&toml::Value::from(version)));
+    assert_hull_runtime(&config, version);
+}
+
+const V2_CONFIG: &str = r#"version = 2
+root = "/var/lib/containerd"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "registry.k8s.io/pause:3.9"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+  SystemdCgroup = true
+"#;
+
+const V3_CONFIG: &str = r#"version = 3
+root = "/var/lib/containerd"
+
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+  SystemdCgroup = true
+"#;
+
+fn install_twice_then_uninstall(original: &str, version: i64) {
+    let node = Node::new();
+    std::fs::write(node.containerd_config(), original).expect("config");
+    let first = node.run_ok("install");
+    assert!(first.contains("hull runtime added"), "{first}");
+    node.assert_installed();
+    let once = read(&node.containerd_config());
+    assert_one_block(&once, original, version);
+    if version == 2 {
+        containerd_reads(&node.containerd_config());
+    }
+
+    let second = node.run_ok("install");
+    assert!(second.contains("already as wanted"), "{second}");
+    assert_eq!(
+        read(&node.containerd_config()),
+        once,
+        "install is idempotent"
+    );
+    node.assert_installed();
+
+    node.run_ok("uninstall");
+    assert_eq!(read(&node.containerd_config()), original);
+    node.assert_uninstalled();
+    // Uninstalling again finds nothing to do.
+    node.run_ok("uninstall");
+    assert_eq!(read(&node.containerd_config()), original);
+}
+
+#[test]
+fn install_sh_on_a_version_2_config() {
+    install_twice_then_uninstall(V2_CONFIG, 2);
+}
+
+#[test]
+fn install_sh_on_a_version_3_config() {
+    install_twice_then_uninstall(V3_CONFIG, 3);
+}
+
+#[test]
+fn install_sh_on_a_node_without_a_containerd_config() {
+    let node = Node::new();
+    node.run_ok("install");
+    node.run_ok("install");
+    node.assert_installed();
+    let text = read(&node.containerd_config());
+    assert_one_block(&text, "", 2);
+    containerd_reads(&node.containerd_config());
+    node.run_ok("uninstall");
+    assert!(
+        !node.containerd_config().exists(),
+        "the file it made is gone"
+    );
+    node.assert_uninstalled();
+}
+
+#[test]
+fn install_sh_leaves_what_is_not_its_own() {
+    let node = Node::new();
+    std::fs::write(node.containerd_config(), V2_CONFIG).expect("config");
+    // An administrator's config.toml and a host's own virtiofsd.
+    let mine = "default_memory_mib = 256\n";
+    std::fs::create_dir_all(node.host("/etc/hull")).expect("etc/hull");
+    std::fs::write(node.host("/etc/hull/config.toml"), mine).expect("hull config");
+    std::fs::create_dir_all(node.host("/usr/local/bin")).expect("bin");
+    std::os::unix::fs::symlink(
+        "/usr/libexec/virtiofsd",
+        node.host("/usr/local/bin/virtiofsd"),
+    )
+    .expect("symlink");
+
+    let log = node.run_ok("install");
+    assert!(
+        log.contains("virtiofsd links to /usr/libexec/virtiofsd"),
+        "{log}"
+    );
+    assert_eq!(read(&node.host("/etc/hull/config.toml")), mine);
+    node.run_ok("uninstall");
+    assert_eq!(read(&node.host("/etc/hull/config.toml")), mine);
+    assert_eq!(
+        std::fs::read_link(node.host("/usr/local/bin/virtiofsd")).expect("link"),
+        PathBuf::from("/usr/libexec/virtiofsd")
+    );
+    assert!(!node.host("/opt/hull").exists());
+    assert_eq!(read(&node.containerd_config()), V2_CONFIG);
+}
+
+#[test]
+fn install_sh_refuses_configs_it_cannot_patch() {
+    for (config, complaint) in [
+        (
+            "root = \"/var/lib/containerd\"\n".to_owned(),
+            "no top-level 'version = 2' or 'version = 3'",
+        ),
+        ("version = 4\n".to_owned(), "is version 4"),
+        (
+            format!(
+                "{V2_CONFIG}\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.hull]\n  runtime_type = \"io.containerd.hull.v2\"\n"
+            ),
+            "already configures a 'hull' runtime",
+        ),
+        (
+            format!("{V2_CONFIG}{BEGIN_MARKER}: managed by hull's install.sh, do not edit\n"),
+            "unmatched hull marker comments",
+        ),
+    ] {
+        let node = Node::new();
+        std::fs::write(node.containerd_config(), &config).expect("config");
+        let output = node.run("install");
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{config}");
+        assert!(log.contains(complaint), "{config}\n{log}");
+        assert_eq!(read(&node.containerd_config()), config, "left as it was");
+    }
+    // A missing payload file is named before anything is touched.
+    let node = Node::new();
+    std::fs::remove_file(node.dir.path().join("payload/share/vmlinux")).expect("rm");
+    let output = node.run("install");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("share/vmlinux is missing"));
+    assert!(!node.host("/opt/hull").exists());
+}
+
+#[test]
+fn the_image_holds_what_install_sh_installs() {
+    // stage.sh from fake build outputs fills the build context.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let target = dir.path().join("target");
+    for path in [
+        target.join("release/containerd-shim-hull-v2"),
+        target.join("release/hull-vmm"),
+        cache.join("tools/bin/virtiofsd"),
+        cache.join("tools/bin/vhost-device-vsock"),
+        cache.join("guest/vmlinux"),
+        cache.join("guest/initramfs.cpio.gz"),
+    ] {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+        std::fs::write(&path, "x").expect("file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let context = dir.path().join("context");
+    let output = Command::new("bash")
+        .arg(deploy("stage.sh"))
+        .arg(&context)
+        .env("HULL_CACHE", &cache)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("stage.sh");
+    assert!(output.status.success(), "{output:?}");
+
+    let dockerfile = read(&deploy("Dockerfile"));
+    let copies: Vec<(&str, &str)> = dockerfile
+        .lines()
+        .filter_map(|line| line.strip_prefix("COPY "))
+        .map(|rest| rest.split_once(' ').expect("COPY source target"))
+        .collect();
+    for (source, target) in &copies {
+        assert!(context.join(source).is_file(), "{source} is not staged");
+        assert_eq!(
+            target.strip_prefix("/opt/hull-deploy/"),
+            Some(*source),
+            "the image keeps the context's layout"
+        );
+    }
+    let copied: BTreeSet<&str> = copies.iter().map(|(source, _)| *source).collect();
+    for name in BINARIES {
+        assert!(
+            copied.contains(format!("payload/bin/{name}").as_str()),
+            "{name}"
+        );
+    }
+    for name in GUEST_FILES {
+        assert!(
+            copied.contains(format!("payload/share/{name}").as_str()),
+            "{name}"
+        );
+    }
+    for file in [
+        "install.sh",
+        "config.toml",
+        "containerd/config-v2.toml",
+        "containerd/config-v3.toml",
+    ] {
+        assert!(copied.contains(file), "{file} is not in the image");
+    }
+    assert!(dockerfile.contains("ENTRYPOINT [\"/opt/hull-deploy/install.sh\"]"));
+}
+
+#[test]
+fn the_scripts_pass_shellcheck() {
+    let scripts = [deploy("install.sh"), deploy("stage.sh")];
+    for script in &scripts {
+        let output = Command::new("bash")
+            .arg("-n")
+            .arg(script)
+            .output()
+            .expect("bash -n");
+        assert!(output.status.success(), "{output:?}");
+    }
+    match Command::new("shellcheck").args(&scripts).output() {
+        Ok(output) => assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stdout)
+        ),
+        Err(_) => eprintln!("shellcheck is not installed: only `bash -n` checked"),
+    }
+}
+
+/// The DaemonSet's entry point: `run` installs, says it is ready, waits,
+/// and uninstalls on SIGTERM when told to.
+#[test]
+fn install_sh_run_installs_then_uninstalls_on_sigterm() {
+    let node = Node::new();
+    std::fs::write(node.containerd_config(), V3_CONFIG).expect("config");
+    let ready = node.dir.path().join("ready");
+    let log_path = node.dir.path().join("run.log");
+    let log_file = std::fs::File::create(&log_path).expect("log");
+    let child = Command::new("bash")
+        .arg(deploy("install.sh"))
+        .arg("run")
+        .env("HOST_ROOT", node.dir.path().join("root"))
+        .env("HULL_PAYLOAD", node.dir.path().join("payload"))
+        .env("HULL_NO_RESTART", "1")
+        .env("HULL_UNINSTALL_ON_EXIT", "true")
+        .env("HULL_READY_FILE", &ready)
+        .env_remove("NODE_NAME")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("HULL_LINK_DIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(log_file)
+        .process_group(0)
+        .spawn()
+        .expect("install.sh run");
+    let mut child = KillGroupOnDrop(child);
+    let child = &mut child.0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ready.exists() {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        assert!(child.try_wait().expect("try_wait").is_none(), "run ended");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    node.assert_installed();
+    assert_one_block(&read(&node.containerd_config()), V3_CONFIG, 3);
+
+    let pid = nix::unistd::Pid::from_raw(child.id().try_into().expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = child.wait().expect("wait");
+    let log = read(&log_path);
+    assert!(status.success(), "{log}");
+    assert!(log.contains("uninstalled"), "{log}");
+    assert_eq!(read(&node.containerd_config()), V3_CONFIG);
+    node.assert_uninstalled();
+}
+
+/// A child in its own process group, all of which is killed if the test
+/// fails before it ends (`run` leaves a `sleep` behind otherwise).
+struct KillGroupOnDrop(std::process::Child);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let group = nix::unistd::Pid::from_raw(-i32::try_from(self.0.id()).expect("pid"));
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = self.0.wait();
+        }
+    }
+}
