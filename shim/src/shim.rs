@@ -71,11 +71,17 @@ impl Shim for HullShim {
     /// Runs after a shim died: if no shim serves the pod any more, its VM
     /// processes are killed and its mounts and directories removed.
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
-        if let Ok(dir) = std::fs::read_to_string(pod_dir_record(&self.bundle)) {
-            let dir = PathBuf::from(dir);
-            if !served_by_live_shim(&dir) {
-                crate::pod::clean_up_after_crash(&dir);
+        match std::fs::read_to_string(pod_dir_record(&self.bundle)) {
+            Ok(dir) => {
+                let dir = PathBuf::from(dir);
+                if served_by_live_shim(&dir) {
+                    tracing::info!(pod = %dir.display(), "another shim still serves the pod");
+                } else {
+                    tracing::info!(pod = %dir.display(), "cleaning up after a dead shim");
+                    crate::pod::clean_up_after_crash(&dir);
+                }
             }
+            Err(err) => tracing::info!(bundle = %self.bundle.display(), %err, "no pod recorded"),
         }
         let _ = std::fs::remove_file(pod_dir_record(&self.bundle));
         Ok(DeleteResponse {
@@ -144,8 +150,14 @@ fn served_by_live_shim(pod_dir: &Path) -> bool {
     else {
         return false;
     };
-    // /proc/PID/comm is cut to 15 bytes.
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .is_ok_and(|comm| "containerd-shim-hull-v2".starts_with(comm.trim()))
+    // A killed shim can linger as a zombie until its parent reaps it; it
+    // serves nothing. /proc/PID/comm is cut to 15 bytes.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let zombie = stat
+        .rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('Z'));
+    !zombie
+        && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| "containerd-shim-hull-v2".starts_with(comm.trim()))
         && pid != std::process::id()
 }
