@@ -246,7 +246,9 @@ fn a_killed_vmm_ends_the_task_with_an_error_and_is_cleaned_up() {
     );
     for topic in ["/tasks/create", "/tasks/start", "/tasks/delete"] {
         assert!(
-            events.lines().any(|line| line.contains(topic) && line.contains(&id)),
+            events
+                .lines()
+                .any(|line| line.contains(topic) && line.contains(&id)),
             "no {topic} for {id} in:\n{events}"
         );
     }
@@ -265,16 +267,27 @@ fn a_killed_shim_is_cleaned_up_by_the_delete_command() {
     let id = unique_id("orphan");
     run_ok(&rt, &["-d", BUSYBOX_IMAGE, &id, "sleep", "1000"]);
     let pod = rt.pod_dirs().pop().expect("a pod directory");
-    let vm: Vec<i32> = HullRuntime::vm_processes(&pod).into_iter().map(|(_, pid)| pid).collect();
+    let vm: Vec<i32> = HullRuntime::vm_processes(&pod)
+        .into_iter()
+        .map(|(_, pid)| pid)
+        .collect();
     let shims = rt.containerd.shim_pids();
     assert_eq!(shims.len(), 1, "{shims:?}");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL)
-        .expect("kill the shim");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the shim");
 
     // containerd notices, runs `containerd-shim-hull-v2 delete`, and that
     // kills the orphaned VM and removes the pod's mounts and directory.
     let left = rt.leftovers(Duration::from_secs(30));
-    assert!(left.is_empty(), "left behind:\n{}", left.join("\n"));
+    assert!(
+        left.is_empty(),
+        "left behind:\n{}\ncontainerd log:\n{}",
+        left.join("\n"),
+        rt.containerd.log_tail(30)
+    );
     for pid in vm {
         assert!(
             hull_tests::containerd::process_state(pid).is_none_or(|state| state == 'Z'),
@@ -373,6 +386,50 @@ fn bad_configuration_and_annotations_are_named() {
     );
     assert!(
         text(&output.stderr).contains("default_vcpus: 0 is not between 1 and"),
+        "{output:?}"
+    );
+
+    // A config file named by the runtime option that is not there, and one
+    // that is not TOML: both name the file, and no VM is started.
+    let missing = rt.config_path.with_file_name("missing.toml");
+    let malformed = rt.config_path.with_file_name("malformed.toml");
+    std::fs::write(&malformed, "backend = \"hull\nkernel = [\n").expect("malformed config");
+    for (path, expected) in [(&missing, "No such file"), (&malformed, "malformed.toml")] {
+        let output = run(
+            &rt,
+            &[
+                "--rm",
+                "--runtime-config-path",
+                path.to_str().expect("utf-8"),
+                BUSYBOX_IMAGE,
+                &unique_id("a"),
+                "true",
+            ],
+        );
+        assert!(!output.status.success(), "{output:?}");
+        let error = text(&output.stderr);
+        assert!(
+            error.contains(&*path.to_string_lossy()) && error.contains(expected),
+            "{}: {error}",
+            path.display()
+        );
+        assert!(rt.pod_dirs().is_empty(), "a pod directory for {path:?}");
+    }
+
+    // An entrypoint that the image does not have: the VM boots, the
+    // container cannot be created, and the error names the program.
+    let output = run(
+        &rt,
+        &[
+            "--rm",
+            BUSYBOX_IMAGE,
+            &unique_id("a"),
+            "/no/such/entrypoint",
+        ],
+    );
+    assert!(!output.status.success(), "{output:?}");
+    assert!(
+        text(&output.stderr).contains("/no/such/entrypoint"),
         "{output:?}"
     );
     assert_no_leftovers(&rt);
