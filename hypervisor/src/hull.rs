@@ -51,9 +51,18 @@ impl HullVmm {
 
         let started = Instant::now();
         let timeline = Timeline::new(started);
+        let mut command = Command::new(vmm);
+        let tap_fds = crate::net::pass_taps(&mut command, &config.net)?;
+        for (device, fd) in config.net.iter().zip(&tap_fds) {
+            command.arg("--net").arg(format!(
+                "fd={fd},mac={},mtu={}",
+                device.mac_text(),
+                device.mtu
+            ));
+        }
         let mut vm = Helper::spawn(
             "hull-vmm",
-            Command::new(vmm)
+            command
                 .arg("--kernel")
                 .arg(&config.kernel)
                 .arg("--initrd")

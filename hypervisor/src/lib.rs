@@ -14,6 +14,7 @@ pub mod console;
 pub mod error;
 pub mod host;
 pub mod hull;
+pub mod net;
 pub mod process;
 pub mod qemu;
 pub mod timeline;
@@ -25,6 +26,7 @@ mod work_dir;
 pub use backend::{Backend, BackendKind};
 pub use error::VmError;
 pub use hull::HullVmm;
+pub use net::NetDevice;
 pub use qemu::Qemu;
 pub use timeline::Timeline;
 pub use vm::Vm;
@@ -45,6 +47,9 @@ pub struct VmConfig {
     /// Sockets of the VM's helpers go here. Unix socket paths are limited to
     /// 108 bytes, so keep it short.
     pub work_dir: PathBuf,
+    /// The pod's network interfaces, a virtio-net device each; none gives
+    /// the guest only loopback.
+    pub net: Vec<NetDevice>,
 }
 
 /// The virtio-fs tag under which the guest mounts the shared directory.
@@ -78,6 +83,9 @@ impl VmConfig {
                 field: "memory_mib",
                 reason: format!("{} is not between 64 and 65536", self.memory_mib),
             });
+        }
+        for (index, device) in self.net.iter().enumerate() {
+            device.validate(index)?;
         }
         Ok(())
     }

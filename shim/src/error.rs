@@ -25,6 +25,10 @@ pub enum ShimError {
     #[error(transparent)]
     Vm(#[from] hull_hypervisor::VmError),
 
+    /// Mirroring the pod's CNI interfaces into the VM failed.
+    #[error("pod network: {0}")]
+    Network(#[from] crate::network::NetworkError),
+
     /// The agent in the guest answered with an error.
     #[error("agent: {0}")]
     Agent(#[from] tonic::Status),
@@ -73,7 +77,7 @@ impl ShimError {
             },
             Self::VmGone(_) => Code::UNAVAILABLE,
             Self::Vm(hull_hypervisor::VmError::Config { .. }) => Code::INVALID_ARGUMENT,
-            Self::Vm(_) | Self::Io { .. } => Code::INTERNAL,
+            Self::Vm(_) | Self::Network(_) | Self::Io { .. } => Code::INTERNAL,
         }
     }
 }

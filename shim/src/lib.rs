@@ -8,7 +8,8 @@
 //! [`spec`]). The Task API ([`service`]) is a thin adapter over the task
 //! state machine ([`task`], [`tasks`]), which drives the guest agent over
 //! hybrid vsock ([`agent`]), copies stdio ([`stdio`]) and publishes events
-//! ([`events`]).
+//! ([`events`]). A CRI pod's CNI interfaces reach the guest as virtio-net
+//! devices through taps mirrored with tc ([`network`]).
 
 pub mod agent;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod events;
 pub mod logging;
 pub mod mounts;
+pub mod network;
 pub mod pod;
 pub mod serve;
 pub mod service;

@@ -15,6 +15,7 @@ use crate::agent::{self, Agent};
 use crate::config::Config;
 use crate::error::{Result, ShimError};
 use crate::mounts::{GUEST_SHARED_DIR, SharedDir, unmount_below};
+use crate::network::{self, Attached, PodNetwork};
 
 /// Under TCG a boot takes seconds; this only bounds one that hangs.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -25,6 +26,9 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 /// Written in the pod directory: the VM's processes, for the cleanup that
 /// `containerd-shim-hull-v2 delete` does after a shim crash.
 pub const PIDS_FILE: &str = "pids";
+/// Written in the pod directory when the pod has a network namespace: its
+/// path, for the same cleanup.
+pub const NETNS_FILE: &str = "netns";
 
 /// What the pod is made of.
 #[derive(Debug, Clone)]
@@ -33,6 +37,24 @@ pub struct PodSpec {
     pub vcpus: u32,
     pub memory_mib: u32,
     pub hostname: String,
+    /// The pod's network namespace, where CNI set up its interfaces.
+    pub netns: Option<PathBuf>,
+}
+
+/// What the guest gets of the pod's network.
+#[derive(Debug, Default)]
+struct GuestNetwork {
+    devices: Vec<hull_hypervisor::NetDevice>,
+    interfaces: Vec<api::Interface>,
+    routes: Vec<api::Route>,
+}
+
+/// A VM that booted, with its agent's sandbox set up.
+struct Booted {
+    vm: Arc<Mutex<Option<Vm>>>,
+    agent: Agent,
+    gone: watch::Receiver<Option<String>>,
+    watcher: tokio::task::JoinHandle<()>,
 }
 
 #[derive(Debug)]
@@ -44,6 +66,8 @@ pub struct Pod {
     /// Why the VM is gone, once it is.
     gone: watch::Receiver<Option<String>>,
     watcher: tokio::task::JoinHandle<()>,
+    /// The tc mirroring of the pod's interfaces, undone after the VM stops.
+    network: Option<PodNetwork>,
     // Dropped after the VM: virtiofsd holds it.
     shared: SharedDir,
 }
@@ -61,7 +85,87 @@ impl Pod {
         std::fs::write(&shim_pid, std::process::id().to_string())
             .map_err(ShimError::io(format!("writing {}", shim_pid.display())))?;
         let shared = SharedDir::create(&dir.join("shared"))?;
+        let attached = match &spec.netns {
+            Some(netns) => {
+                let record = dir.join(NETNS_FILE);
+                std::fs::write(&record, netns.as_os_str().as_encoded_bytes())
+                    .map_err(ShimError::io(format!("writing {}", record.display())))?;
+                let netns = netns.clone();
+                let attached = tokio::task::spawn_blocking(move || network::attach(&netns))
+                    .await
+                    .map_err(|err| {
+                        ShimError::VmGone(format!("the network task failed: {err}"))
+                    })??;
+                Some(attached)
+            }
+            None => None,
+        };
+        match Self::boot(config, spec, dir.clone(), shared, attached).await {
+            Ok(pod) => {
+                std::mem::forget(guard);
+                Ok(pod)
+            }
+            Err((err, network)) => {
+                if let Some(network) = network {
+                    network.detach();
+                }
+                Err(err)
+            }
+        }
+    }
 
+    /// Boots the VM with the pod's interfaces; on failure the mirroring is
+    /// handed back so that the caller undoes it.
+    async fn boot(
+        config: &Config,
+        spec: &PodSpec,
+        dir: PathBuf,
+        shared: SharedDir,
+        attached: Option<Attached>,
+    ) -> std::result::Result<Self, (ShimError, Option<PodNetwork>)> {
+        let (network, guest_network) = match attached {
+            Some(Attached {
+                network,
+                devices,
+                interfaces,
+                routes,
+            }) => (
+                Some(network),
+                GuestNetwork {
+                    devices,
+                    interfaces,
+                    routes,
+                },
+            ),
+            None => (None, GuestNetwork::default()),
+        };
+        match Self::boot_vm(config, spec, &dir, &shared, guest_network).await {
+            Ok(Booted {
+                vm,
+                agent,
+                gone,
+                watcher,
+            }) => Ok(Self {
+                id: spec.id.clone(),
+                dir,
+                vm,
+                agent,
+                gone,
+                watcher,
+                network,
+                shared,
+            }),
+            Err(err) => Err((err, network)),
+        }
+    }
+
+    async fn boot_vm(
+        config: &Config,
+        spec: &PodSpec,
+        dir: &Path,
+        shared: &SharedDir,
+        network: GuestNetwork,
+    ) -> Result<Booted> {
         let backend = match Backend::detect(config.backend)? {
             Backend::Hull(hull) => Backend::Hull(HullVmm {
                 vmm: config.hull_vmm.clone(),
@@ -77,6 +181,7 @@ impl Pod {
             shared_dir: shared.host().to_owned(),
             console_log: dir.join("console.log"),
             work_dir: dir.join("vm"),
+            net: network.devices,
         };
         tracing::info!(pod = %spec.id, backend = backend.name(), vcpus = spec.vcpus, memory_mib = spec.memory_mib, "booting the pod's VM");
         let pids_file = dir.join(PIDS_FILE);
@@ -101,20 +206,18 @@ impl Pod {
                     fstype: "virtiofs".into(),
                     ..Default::default()
                 }],
+                interfaces: network.interfaces,
+                routes: network.routes,
                 ..Default::default()
             })
             .await?;
         let (gone_tx, gone) = watch::channel(None);
         let watcher = tokio::spawn(watch_vm(Arc::clone(&vm), gone_tx));
-        std::mem::forget(guard);
-        Ok(Self {
-            id: spec.id.clone(),
-            dir,
+        Ok(Booted {
             vm,
             agent,
             gone,
             watcher,
-            shared,
         })
     }
 
@@ -178,7 +281,18 @@ impl Pod {
                 tracing::warn!(pod = %self.id, "the guest did not power off; its VM was killed");
             }
         }
-        let Self { dir, shared, .. } = self;
+        let Self {
+            dir,
+            shared,
+            network,
+            ..
+        } = self;
+        if let Some(network) = network {
+            // The taps went with the VMM; the CNI side's filters go now.
+            tokio::task::spawn_blocking(move || network.detach())
+                .await
+                .unwrap_or_default();
+        }
         drop(shared);
         remove_pod_dir(&dir);
     }
@@ -280,6 +394,9 @@ pub fn clean_up_after_crash(dir: &Path) {
                 );
             }
         }
+    }
+    if let Ok(netns) = std::fs::read_to_string(dir.join(NETNS_FILE)) {
+        network::clean_up(Path::new(&netns));
     }
     remove_pod_dir(dir);
 }

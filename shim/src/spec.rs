@@ -48,6 +48,21 @@ pub fn annotations(spec: &Value) -> std::collections::HashMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The network namespace the spec joins, if it names one: CRI's pod
+/// namespace, where CNI set up the pod's interfaces. A spec that asks for a
+/// new namespace (plain `ctr`) or none (host network) has no such path.
+pub fn network_namespace(spec: &Value) -> Option<std::path::PathBuf> {
+    spec.get("linux")?
+        .get("namespaces")?
+        .as_array()?
+        .iter()
+        .find(|ns| ns.get("type").and_then(Value::as_str) == Some("network"))?
+        .get("path")?
+        .as_str()
+        .filter(|path| !path.is_empty())
+        .map(std::path::PathBuf::from)
+}
+
 /// Rewrites `spec` for the guest, binding what its mounts need under
 /// `container_dir` (in the shared directory) and recording it in `mounts`.
 pub fn for_guest(
@@ -169,6 +184,25 @@ mod tests {
         );
         assert_eq!(spec["mounts"][0]["type"], "proc");
         assert_eq!(spec["mounts"][1]["type"], "tmpfs");
+    }
+
+    #[test]
+    fn only_a_joined_network_namespace_is_the_pods() {
+        let cri = json!({"linux": {"namespaces": [
+            {"type": "pid"},
+            {"type": "network", "path": "/var/run/netns/cni-1234"}
+        ]}});
+        assert_eq!(
+            network_namespace(&cri),
+            Some(std::path::PathBuf::from("/var/run/netns/cni-1234"))
+        );
+        let ctr = json!({"linux": {"namespaces": [{"type": "network"}]}});
+        assert_eq!(network_namespace(&ctr), None);
+        assert_eq!(
+            network_namespace(&json!({"linux": {"namespaces": []}})),
+            None
+        );
+        assert_eq!(network_namespace(&json!({})), None);
     }
 
     #[test]

@@ -114,6 +114,7 @@ impl Tasks {
                     vcpus,
                     memory_mib,
                     hostname,
+                    netns: crate::spec::network_namespace(&spec),
                 },
             )
             .await?;

@@ -251,6 +251,24 @@ impl CriClient {
         })
     }
 
+    /// The pod's IP as CNI gave it (PodSandboxStatus); empty on the node
+    /// network.
+    pub async fn pod_ip(&mut self, id: &str) -> Result<String, tonic::Status> {
+        let status = self
+            .runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: false,
+            })
+            .await?
+            .into_inner()
+            .status;
+        Ok(status
+            .and_then(|status| status.network)
+            .map(|network| network.ip)
+            .unwrap_or_default())
+    }
+
     /// CreateContainer in `pod`; returns the container id.
     pub async fn create_container(
         &mut self,

@@ -26,6 +26,16 @@ impl HullRuntime {
     /// containerd with the hull runtime and the test images in `namespace`
     /// (and in CRI's when `cri` is set).
     pub fn start(namespace: &str, cri: bool) -> Self {
+        Self::start_with(namespace, cri, false)
+    }
+
+    /// The same for CRI, with pods in network namespaces of their own on
+    /// the CNI bridge of [`crate::containerd::ContainerdBuilder::cni_bridge`].
+    pub fn start_with_cni_bridge(namespace: &str) -> Self {
+        Self::start_with(namespace, true, true)
+    }
+
+    fn start_with(namespace: &str, cri: bool, cni_bridge: bool) -> Self {
         // Short: pod directories hold Unix sockets.
         let dir = tempfile::Builder::new()
             .prefix("hs-")
@@ -42,7 +52,11 @@ impl HullRuntime {
             ),
         )
         .expect("hull config");
-        let containerd = Containerd::builder()
+        let mut builder = Containerd::builder();
+        if cni_bridge {
+            builder = builder.cni_bridge();
+        }
+        let containerd = builder
             .hull_shim()
             .env("HULL_CONFIG", &config_path)
             .env(

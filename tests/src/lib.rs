@@ -9,6 +9,7 @@ pub mod driver;
 pub mod hull_runtime;
 pub mod image;
 pub mod kvm_host;
+pub mod peer;
 pub mod rootfs;
 pub mod spec;
 pub mod vm;

@@ -54,6 +54,7 @@ pub fn vm_config(dir: &Path) -> VmConfig {
         console_log: dir.join("console.log"),
         // Short: it holds the Unix sockets.
         work_dir: PathBuf::from(format!("/tmp/hvm-{}", crate::unique_id("w"))),
+        net: Vec::new(),
     }
 }
 

@@ -403,6 +403,23 @@ async fn sandbox_files_and_read_only_shares() {
     std::fs::write(source.join("hello"), "from the host\n").expect("file");
     let shared = agent.state_dir().join("sandbox/shared");
     let target = shared.join("vol");
+    // On a host the agent must not touch the interfaces: it refuses them,
+    // naming the field, and the sandbox can still be created after.
+    let refused = agent
+        .client
+        .create_sandbox(api::CreateSandboxRequest {
+            interfaces: vec![api::Interface {
+                name: "eth0".into(),
+                mac: "02:00:00:00:00:01".into(),
+                mtu: 1500,
+                addresses: vec!["10.0.0.2/24".into()],
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect_err("interfaces in test mode");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().starts_with("interfaces: "), "{refused:?}");
     let response = agent
         .client
         .create_sandbox(api::CreateSandboxRequest {
@@ -420,6 +437,8 @@ async fn sandbox_files_and_read_only_shares() {
                 read_only: true,
             }],
             hosts: vec!["10.0.0.5 db".into()],
+            interfaces: vec![],
+            routes: vec![],
         })
         .await
         .expect("create sandbox")

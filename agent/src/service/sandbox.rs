@@ -8,6 +8,7 @@ use nix::mount::{MntFlags, MsFlags};
 
 use super::Agent;
 use crate::error::{AgentError, Result};
+use crate::network::NetworkPlan;
 
 #[derive(Debug, Default)]
 pub(super) struct SandboxState {
@@ -28,6 +29,15 @@ impl Agent {
             });
         }
         validate_hostname(&request.hostname)?;
+        let network = NetworkPlan::parse(&request.interfaces, &request.routes)?;
+        if !network.is_empty() && !self.config.pid1 {
+            // In test mode the agent runs on a host: its interfaces are not
+            // the pod's to change.
+            return Err(AgentError::invalid(
+                "interfaces",
+                "only the agent as PID 1 in a guest sets up interfaces",
+            ));
+        }
         let dir = self.config.sandbox_dir();
         let shared = dir.join("shared");
         std::fs::create_dir_all(&shared)
@@ -56,6 +66,10 @@ impl Agent {
                     return Err(err);
                 }
             }
+        }
+        if let Err(err) = crate::network::configure(&network).await {
+            unmount_all(&mut state.mounts);
+            return Err(err);
         }
         state.created = true;
         Ok(api::CreateSandboxResponse {

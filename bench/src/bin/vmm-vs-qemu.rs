@@ -58,6 +58,7 @@ fn inside(runs: usize) {
                 shared_dir,
                 console_log: dir.path().join("console.log"),
                 work_dir: dir.path().join("w"),
+                net: Vec::new(),
             };
             let mut vm = backend.start(&config).expect("start");
             if let Err(err) = vm.wait_for_agent(AGENT_VSOCK_PORT, BOOT_TIMEOUT) {

@@ -12,13 +12,16 @@ pub const KERNEL_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1";
 
 /// Arguments for `qemu-system-x86_64`: a microvm whose RAM is a shared memfd
 /// (vhost-user back ends map it), with virtio-fs and vsock served by
-/// vhost-user helpers listening on `fs_socket` and `vsock_socket`.
+/// vhost-user helpers listening on `fs_socket` and `vsock_socket`, and a
+/// virtio-net device for each of `config.net`, whose taps QEMU inherits as
+/// the descriptors `tap_fds`.
 pub fn qemu_args(
     config: &VmConfig,
     accel: Accel,
     tsc_khz: Option<u64>,
     fs_socket: &Path,
     vsock_socket: &Path,
+    tap_fds: &[i32],
 ) -> Vec<OsString> {
     let mut cmdline = KERNEL_CMDLINE.to_owned();
     if let (Accel::Tcg, Some(khz)) = (accel, tsc_khz) {
@@ -53,6 +56,18 @@ pub fn qemu_args(
         "-device",
         "vhost-user-vsock-device,chardev=vs0",
     ]);
+    for (index, (device, fd)) in config.net.iter().zip(tap_fds).enumerate() {
+        push(&[
+            "-netdev",
+            &format!("tap,id=net{index},fd={fd}"),
+            "-device",
+            &format!(
+                "virtio-net-device,netdev=net{index},mac={},host_mtu={}",
+                device.mac_text(),
+                device.mtu
+            ),
+        ]);
+    }
     args.push("-kernel".into());
     args.push(config.kernel.clone().into());
     args.push("-initrd".into());
@@ -75,6 +90,11 @@ mod tests {
             shared_dir: PathBuf::from("/s"),
             console_log: PathBuf::from("/l"),
             work_dir: PathBuf::from("/w"),
+            net: vec![crate::NetDevice {
+                tap: std::sync::Arc::new(std::fs::File::open("/dev/null").expect("fd").into()),
+                mac: [2, 0, 0, 0, 0, 7],
+                mtu: 1450,
+            }],
         };
         let args: Vec<String> = qemu_args(
             &config,
@@ -82,6 +102,7 @@ mod tests {
             Some(2_445_000),
             Path::new("/w/fs"),
             Path::new("/w/vs"),
+            &[3],
         )
         .into_iter()
         .map(|a| a.into_string().expect("utf-8"))
@@ -102,6 +123,10 @@ mod tests {
         );
         assert!(line.contains("socket,id=vs0,path=/w/vs"), "{line}");
         assert!(
+            line.contains("-netdev tap,id=net0,fd=3 -device virtio-net-device,netdev=net0,mac=02:00:00:00:00:07,host_mtu=1450"),
+            "{line}"
+        );
+        assert!(
             line.ends_with("-kernel /k/vmlinux -initrd /k/initrd"),
             "{line}"
         );
@@ -112,6 +137,7 @@ mod tests {
             Some(2_445_000),
             Path::new("/w/fs"),
             Path::new("/w/vs"),
+            &[3],
         );
         assert!(kvm.iter().any(|a| a == "host"));
         // Under KVM, kvmclock tells the guest its TSC rate.

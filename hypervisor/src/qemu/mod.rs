@@ -77,15 +77,18 @@ impl Qemu {
         wait_for_socket(&mut vsock, &vsock_socket)?;
 
         let started = Instant::now();
+        let mut command = Command::new(qemu);
+        let tap_fds = crate::net::pass_taps(&mut command, &config.net)?;
         let mut vm = Helper::spawn(
             "qemu",
-            Command::new(qemu)
+            command
                 .args(qemu_args(
                     config,
                     self.accel,
                     self.tsc_khz,
                     &fs_socket,
                     &vsock_socket,
+                    &tap_fds,
                 ))
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
