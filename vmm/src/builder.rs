@@ -17,6 +17,7 @@ use crate::devices::legacy::serial::{COM1_PORT, COM1_PORTS};
 use crate::devices::legacy::{I8042, SerialDevice};
 use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{MMIO_LEN, MmioTransport};
+use crate::devices::virtio::net::{Net, NetConfig, NetError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
@@ -47,9 +48,10 @@ pub enum Boot {
 }
 
 /// The legacy interrupt lines: COM1's, and the first virtio-mmio device's
-/// (the next ones follow).
+/// (the next ones follow, up to the I/O APIC's last pin).
 const SERIAL_IRQ: u32 = 4;
 const VIRTIO_FIRST_IRQ: u32 = 5;
+const LAST_IRQ: u32 = 23;
 
 #[derive(Debug, Clone)]
 pub struct VmmConfig {
@@ -63,6 +65,8 @@ pub struct VmmConfig {
     pub vsock: Option<VsockConfig>,
     /// A virtio-fs device served by a vhost-user back end (virtiofsd).
     pub fs: Option<FsConfig>,
+    /// virtio-net devices, each on a tap the caller opened.
+    pub net: Vec<NetConfig>,
     /// Where the control channel listens (see [`crate::control`]).
     pub api_socket: Option<PathBuf>,
 }
@@ -77,6 +81,7 @@ impl VmmConfig {
             console_log,
             vsock: None,
             fs: None,
+            net: Vec::new(),
             api_socket: None,
         }
     }
@@ -119,6 +124,8 @@ pub enum BuildError {
     Fs(#[from] FsError),
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("{what}: {source}")]
     Kvm {
         what: &'static str,
@@ -215,6 +222,21 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
     if let Some(fs) = &config.fs {
         let device = Fs::new(&fs.tag, &fs.socket_path)?;
         virtio_devices.push(("virtio-fs", Box::new(device)));
+    }
+    // The net devices come last, in the order given, so adding one moves
+    // no other device's MMIO slot or IRQ.
+    for (index, net) in config.net.iter().enumerate() {
+        virtio_devices.push(("virtio-net", Box::new(Net::new(index, net)?)));
+    }
+    let lines = (LAST_IRQ - VIRTIO_FIRST_IRQ + 1) as usize;
+    if virtio_devices.len() > lines {
+        return Err(BuildError::Config {
+            field: "net",
+            reason: format!(
+                "{} virtio devices in all, and only {lines} interrupt lines for them",
+                virtio_devices.len()
+            ),
+        });
     }
     let mut virtio_cmdline = String::new();
     for (index, (name, device)) in virtio_devices.into_iter().enumerate() {

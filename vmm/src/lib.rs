@@ -17,6 +17,7 @@ pub mod timeline;
 pub mod vstate;
 
 pub use builder::{Boot, BuildError, FsConfig, VIRTIO_MMIO_BASE, VmmConfig, VsockConfig, run};
+pub use devices::virtio::net::NetConfig;
 pub use timeline::BootTimeline;
 pub use vstate::run_control::RunState;
 pub use vstate::vcpu::VcpuExitReason;

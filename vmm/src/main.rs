@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use hull_vmm::{Boot, FsConfig, VcpuExitReason, VmmConfig, VsockConfig};
+use hull_vmm::{Boot, FsConfig, NetConfig, VcpuExitReason, VmmConfig, VsockConfig};
 
 /// The kernel command line every Hull guest gets; the virtio-mmio devices
 /// are appended. A reset (`reboot=k`) ends the VM.
@@ -50,6 +50,15 @@ struct Cli {
     /// The guest's vsock CID (with --vsock-uds).
     #[arg(long, value_name = "N", default_value_t = 3, requires = "vsock_uds")]
     vsock_cid: u64,
+    /// A virtio-net device on a tap: `fd=N,mac=02:00:00:00:00:01[,mtu=1500]`,
+    /// repeatable (one device each, in order). N is an fd inherited from
+    /// the caller, opened on /dev/net/tun with TUNSETIFF flags
+    /// IFF_TAP|IFF_NO_PI|IFF_VNET_HDR; hull-vmm sets its virtio-net header
+    /// to 12 bytes (TUNSETVNETHDRSZ), turns its offloads off and makes it
+    /// non-blocking. mac is the guest's, unicast; mtu (default 1500, at
+    /// least 68) is what the guest is told to use.
+    #[arg(long = "net", value_name = "SPEC", value_parser = clap::value_parser!(NetConfig))]
+    net: Vec<NetConfig>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         tag: cli.fs_tag,
         socket_path,
     });
+    config.net = cli.net;
     config.vsock = cli.vsock_uds.map(|uds_path| VsockConfig {
         guest_cid: cli.vsock_cid,
         uds_path,

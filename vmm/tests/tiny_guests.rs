@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hull_vmm::control::{ControlError, Request, Response};
-use hull_vmm::{Boot, RunState, VcpuExitReason, VmmConfig, VsockConfig};
+use hull_vmm::{Boot, NetConfig, RunState, VcpuExitReason, VmmConfig, VsockConfig};
 
 /// Where the tiny guests are linked and started: above the real-mode IVT
 /// and BIOS data area.
@@ -140,6 +140,70 @@ fn virtio_rng_registers_read_through_mmio() {
     assert_eq!(exit, VcpuExitReason::Halted, "console: {console}");
     // "virt", version 2, device 4 (rng), vendor "HULL", a 256-entry queue.
     assert_eq!(console, "74726976 00000002 00000004 4c554c48 00000100 \n");
+}
+
+/// Creates a tap with the flags hull-vmm needs, in the calling thread's
+/// network namespace.
+fn create_tap() -> std::os::fd::OwnedFd {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .expect("/dev/net/tun");
+    // SAFETY: all zeros is a valid `ifreq`.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"hulltap0") {
+        *slot = *byte as libc::c_char;
+    }
+    request.ifr_ifru.ifru_flags =
+        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes one `ifreq`, which this is.
+    let result = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut request) };
+    assert!(
+        result >= 0,
+        "TUNSETIFF: {}",
+        std::io::Error::last_os_error()
+    );
+    file.into()
+}
+
+#[test]
+fn virtio_net_registers_and_config_read_through_mmio() {
+    // In a network namespace of its own, which the tap vanishes with.
+    let (exit, console) = std::thread::spawn(|| {
+        use std::os::fd::AsRawFd;
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+        let tap = create_tap();
+        let dir = tempfile::tempdir().expect("dir");
+        let image = assemble("net_registers", dir.path());
+        let console_log = dir.path().join("console.log");
+        let mut config = VmmConfig::new(
+            16,
+            Boot::RealMode {
+                image,
+                entry: ENTRY,
+            },
+            console_log.clone(),
+        );
+        config.net.push(NetConfig {
+            tap_fd: tap.as_raw_fd(),
+            mac: [0x02, 0x00, 0x5e, 0x10, 0x20, 0x30],
+            mtu: 1400,
+        });
+        let exit = hull_vmm::run(&config).expect("run the guest");
+        (exit, std::fs::read_to_string(console_log).expect("console"))
+    })
+    .join()
+    .expect("the guest's thread");
+    assert_eq!(exit, VcpuExitReason::Halted, "console: {console}");
+    // "virt", version 2, device 1 (net), vendor "HULL", a 256-entry queue;
+    // config space: mac 02:00:5e:10 | 20:30, status LINK_UP | one queue
+    // pair, mtu 1400 (0x578), all little endian.
+    assert_eq!(
+        console,
+        "74726976 00000002 00000001 4c554c48 00000100 105e0002 00013020 05780001 \n"
+    );
 }
 
 #[test]

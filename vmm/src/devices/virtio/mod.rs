@@ -2,6 +2,7 @@
 
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 pub mod vsock;
 
@@ -67,7 +68,7 @@ pub struct Activation {
 
 /// A virtio device behind a transport.
 pub trait VirtioDevice: Send {
-    /// The virtio device ID (4 for rng, 19 for vsock, 26 for fs).
+    /// The virtio device ID (1 for net, 4 for rng, 19 for vsock, 26 for fs).
     fn device_type(&self) -> u32;
     fn features(&self) -> u64;
     fn queue_max_sizes(&self) -> &[u16];
