@@ -8,7 +8,7 @@ packages=(
   libseccomp-dev   # libcontainer's seccomp support (static library included)
   pkg-config
   gcc
-  util-linux       # unshare, for the agent's test mode
+  util-linux       # unshare, for the agent's test mode; nsenter
   file
   qemu-system-x86  # the QEMU backend
   libcap-ng-dev    # building virtiofsd
@@ -17,6 +17,7 @@ packages=(
   containerd       # the shim's end-to-end tests: a private containerd and its CRI plugin
   runc             # the reference runtime those tests are proven against
   containernetworking-plugins # CNI plugins for the private containerd's pods
+  iproute2         # ip and tc: the shim tests' namespaces, the pod network tests
   protobuf-compiler # protoc, for the k8s-cri crate's build script (the CRI client)
 )
 

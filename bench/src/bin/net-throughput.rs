@@ -1,0 +1,124 @@
+//! Pod network throughput: a hull pod against a runc pod on the same CNI
+//! bridge, in one run of a private containerd (Debian's 1.6, the bridge and
+//! host-local plugins). Each pod serves a file from its tmpfs /dev/shm with
+//! busybox httpd; a peer namespace on the bridge fetches it with busybox
+//! wget, timed on the host, alternately for the two pods. Prints the median
+//! throughputs and their ratio; asserts nothing.
+//!
+//!   sudo bash scripts/test.sh     # builds everything, the guest image too
+//!   cargo build --release -p hull-shim -p hull-bench
+//!   sudo target/release/net-throughput [--runs N] [--mib M]
+//!
+//! On this project's machines the hull pod runs under QEMU TCG: the ratio
+//! says what the emulation, the tap and tc mirroring cost together.
+
+use std::time::{Duration, Instant};
+
+use hull_bench::{median, ratio};
+use hull_tests::containerd::{HULL_HANDLER, RUNC_HANDLER};
+use hull_tests::cri::{ContainerSpec, CriClient, PodSpec};
+use hull_tests::hull_runtime::HullRuntime;
+use hull_tests::image::BUSYBOX_IMAGE;
+use hull_tests::peer::Peer;
+
+const PORT: u16 = 8080;
+/// Bounds one fetch; a run that takes longer is reported as failed.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn arg(args: &[String], name: &str, default: u32) -> u32 {
+    args.iter()
+        .skip_while(|arg| *arg != name)
+        .nth(1)
+        .map(|n| {
+            n.parse()
+                .unwrap_or_else(|_| panic!("{name} takes a number"))
+        })
+        .unwrap_or(default)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let runs = arg(&args, "--runs", 3).clamp(1, 20);
+    // /dev/shm holds 64 MiB in both runtimes.
+    let mib = arg(&args, "--mib", 32).clamp(1, 48);
+
+    let rt = HullRuntime::start_with_cni_bridge("hull-bench");
+    let mut client = CriClient::connect(rt.containerd.cri_socket()).await;
+    client.wait_for_test_images().await;
+    let logs = rt.state_dir.with_file_name("logs");
+    let serve = format!(
+        "dd if=/dev/zero of=/dev/shm/big bs=1M count={mib} 2>/dev/null && exec httpd -f -p {PORT} -h /dev/shm"
+    );
+
+    let mut pods = Vec::new();
+    for (name, handler) in [("runc", RUNC_HANDLER), ("hull", HULL_HANDLER)] {
+        let mut spec = PodSpec::new(&format!("tp-{name}"), handler, &logs);
+        spec.host_network = false;
+        let pod = client
+            .run_pod(&spec)
+            .await
+            .unwrap_or_else(|err| panic!("RunPodSandbox {name}: {err}"));
+        let server = ContainerSpec::new("server", BUSYBOX_IMAGE, &["sh", "-c", &serve]);
+        client
+            .run_container(&pod, &server)
+            .await
+            .unwrap_or_else(|err| panic!("{name} server: {err}"));
+        let ip = client.pod_ip(&pod.id).await.expect("pod status");
+        pods.push((name, pod, ip));
+    }
+    let bridge = rt.containerd.cni_bridge().expect("CNI bridge").to_owned();
+    let peer = Peer::on_bridge(&bridge, "10.254.0.250/24");
+    let bytes = f64::from(mib) * 1024.0 * 1024.0;
+
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); pods.len()];
+    for run in 0..runs {
+        for (index, (name, _, ip)) in pods.iter().enumerate() {
+            let url = format!("http://{ip}:{PORT}/big");
+            // The first fetch also waits for the server to be up.
+            if run == 0 {
+                peer.fetch(&format!("http://{ip}:{PORT}/"), FETCH_TIMEOUT);
+            }
+            let started = Instant::now();
+            let output = peer.run(&[
+                "timeout",
+                "120",
+                "/bin/busybox",
+                "wget",
+                "-q",
+                "-O",
+                "/dev/null",
+                &url,
+            ]);
+            let seconds = started.elapsed().as_secs_f64();
+            if output.status.success() {
+                let mib_per_s = bytes / seconds / (1024.0 * 1024.0);
+                println!(
+                    "RESULT {name} run {run}: {mib} MiB in {seconds:.2} s, {mib_per_s:.1} MiB/s"
+                );
+                results[index].push(mib_per_s);
+            } else {
+                println!(
+                    "FAILED {name} run {run}: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+            }
+        }
+    }
+    let runc = median(results[0].clone());
+    let hull = median(results[1].clone());
+    println!();
+    println!(
+        "| pod to peer over the CNI bridge, {mib} MiB, median of {runs} | hull | runc | hull/runc |"
+    );
+    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| throughput (MiB/s) | {hull:.1} | {runc:.1} | {} |",
+        ratio(hull, runc)
+    );
+
+    for (_, pod, _) in &pods {
+        let _ = client.stop_pod(&pod.id).await;
+        let _ = client.remove_pod(&pod.id).await;
+    }
+}
