@@ -88,19 +88,53 @@ impl Peer {
         self.command(args).output().expect("busybox in the peer")
     }
 
-    /// `wget -O -` of `url` from the namespace, retried until `timeout`.
-    pub fn fetch(&self, url: &str, timeout: Duration) -> String {
+    /// One HTTP/1.0 GET of `path` from `address:port`, made from the
+    /// namespace with busybox nc (busybox's static wget crashes in NSS):
+    /// the body, or why there is none.
+    pub fn http_get(&self, address: &str, port: u16, path: &str) -> Result<Vec<u8>, String> {
+        use std::io::Write;
+        let mut child = self
+            .command(&["nc", "-w", "30", address, &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|err| format!("busybox nc: {err}"))?;
+        let request = format!("GET {path} HTTP/1.0\r\n\r\n");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(request.as_bytes())
+                .map_err(|err| format!("writing the request: {err}"))?;
+        }
+        let output = child
+            .wait_with_output()
+            .map_err(|err| format!("busybox nc: {err}"))?;
+        let response = output.stdout;
+        let Some(split) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return Err(format!(
+                "no HTTP response ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        };
+        let status = String::from_utf8_lossy(&response[..split]);
+        if !status.starts_with("HTTP/1.") || !status.contains(" 200 ") {
+            return Err(format!("{}", status.lines().next().unwrap_or_default()));
+        }
+        Ok(response[split + 4..].to_vec())
+    }
+
+    /// The body of `http_get` as text, retried until `timeout`.
+    pub fn fetch(&self, address: &str, port: u16, path: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            let output = self.run(&["wget", "-q", "-T", "5", "-O", "-", url]);
-            if output.status.success() {
-                return String::from_utf8_lossy(&output.stdout).into_owned();
+            match self.http_get(address, port, path) {
+                Ok(body) => return String::from_utf8_lossy(&body).into_owned(),
+                Err(err) => assert!(
+                    Instant::now() < deadline,
+                    "the peer could not fetch http://{address}:{port}{path}: {err}"
+                ),
             }
-            assert!(
-                Instant::now() < deadline,
-                "the peer could not fetch {url}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
