@@ -119,7 +119,7 @@ impl Peer {
         };
         let status = String::from_utf8_lossy(&response[..split]);
         if !status.starts_with("HTTP/1.") || !status.contains(" 200 ") {
-            return Err(format!("{}", status.lines().next().unwrap_or_default()));
+            return Err(status.lines().next().unwrap_or_default().to_owned());
         }
         Ok(response[split + 4..].to_vec())
     }
