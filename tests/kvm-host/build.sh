@@ -11,7 +11,11 @@ say() { printf '==> %s\n' "$*" >&2; }
 package=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
 [ -n "$package" ] || { echo "error: cannot resolve linux-image-cloud-amd64 (apt-get update?)" >&2; exit 1; }
 version=$(apt-cache show "$package" | awk '/^Version:/ {print $2; exit}')
-modules=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci fuse virtiofs overlay irqbypass kvm kvm-amd)
+# In load order (each after what it depends on); init loads them as listed.
+# The network ones are what the CNI bridge plugin and the pods' tap and tc
+# mirroring need.
+modules=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci fuse virtiofs overlay irqbypass kvm kvm-amd
+         tun veth llc stp bridge sch_ingress cls_u32 act_mirred)
 
 build() {
   local dir=$1 work
@@ -31,6 +35,7 @@ build() {
     found=$(find "$work/pkg/lib/modules" -name "$module.ko" | head -n 1)
     [ -n "$found" ] || { echo "error: $module.ko is not in $package" >&2; exit 1; }
     cp "$found" "$stage/modules/"
+    echo "$module" >> "$stage/modules/order"
   done
   mkdir -p "$dir"
   cp "$work/pkg/boot/vmlinuz-"* "$dir/vmlinuz"

@@ -15,6 +15,8 @@ pub struct Peer {
     pub name: String,
     /// Its address on the bridge, without the prefix length.
     pub address: String,
+    /// The veth's end on the bridge, in the host's namespace.
+    host_end: String,
     servers: Vec<Child>,
 }
 
@@ -44,6 +46,7 @@ impl Peer {
         let peer = Self {
             name: name.clone(),
             address: cidr.split('/').next().expect("address").to_owned(),
+            host_end: host_end.clone(),
             servers: Vec::new(),
         };
         ip(&[
@@ -146,6 +149,12 @@ impl Drop for Peer {
             let _ = server.kill();
             let _ = server.wait();
         }
+        // Deleting the veth is synchronous; a namespace's interfaces go in
+        // the background after `netns del`.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_end])
+            .stderr(Stdio::null())
+            .status();
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .stderr(Stdio::null())

@@ -12,12 +12,15 @@ use hull_tests::containerd::{self, HULL_HANDLER};
 use hull_tests::cri::{ContainerSpec, CriClient, Pod, PodSpec};
 use hull_tests::hull_runtime::HullRuntime;
 use hull_tests::image::BUSYBOX_IMAGE;
+use hull_tests::kvm_host;
 use hull_tests::peer::Peer;
 
 const NS: &str = "hull-net";
 const PEER_CIDR: &str = "10.254.0.250/24";
 const HTTP_PORT: u16 = 8080;
 const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
+/// Set in the KVM test host: the VMM every pod there must run under.
+const EXPECT_BACKEND: &str = "HULL_EXPECT_BACKEND";
 
 /// One test at a time: each boots emulated VMs, and two cores are few.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -44,6 +47,23 @@ fn in_netns(netns: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// The VMM of the pod whose directory is `pod_dir` is the expected one (in
+/// the KVM test host).
+fn check_backend(pod_dir: &Path) {
+    let Ok(expected) = std::env::var(EXPECT_BACKEND) else {
+        return;
+    };
+    let names: Vec<String> = HullRuntime::vm_processes(pod_dir)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        names.contains(&expected),
+        "{} runs {names:?}, not {expected}",
+        pod_dir.display()
+    );
+}
+
 /// The pod's network namespace, as the shim recorded it.
 fn pod_netns(rt: &HullRuntime, pod_dirs_before: &[std::path::PathBuf]) -> std::path::PathBuf {
     let dir = rt
@@ -51,6 +71,7 @@ fn pod_netns(rt: &HullRuntime, pod_dirs_before: &[std::path::PathBuf]) -> std::p
         .into_iter()
         .find(|dir| !pod_dirs_before.contains(dir))
         .expect("the new pod's directory");
+    check_backend(&dir);
     std::fs::read_to_string(dir.join("netns"))
         .expect("the pod's netns record")
         .into()
@@ -264,5 +285,34 @@ async fn twenty_networked_pods_leave_no_tap_filter_or_namespace() {
     assert!(
         reserved.is_empty(),
         "addresses still reserved: {reserved:?}"
+    );
+}
+
+#[test]
+fn pods_reach_each_other_with_the_hull_backend_in_the_kvm_test_host() {
+    if std::env::var_os(EXPECT_BACKEND).is_some() {
+        return; // already inside
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    // The same guest image as out here, when a run chose its own.
+    let guest_dir = std::env::var("HULL_GUEST_DIR")
+        .map(|dir| format!("HULL_GUEST_DIR={dir} "))
+        .unwrap_or_default();
+    let script = format!(
+        "mount -t tmpfs tmpfs /tmp\n{guest_dir}{EXPECT_BACKEND}=hull-vmm RUST_BACKTRACE=1 {} --exact --test-threads 1 --nocapture \
+         hull_pods_reach_a_peer_are_reached_and_reach_each_other",
+        exe.display()
+    );
+    let outcome = kvm_host::run(&script, 3072, Duration::from_secs(1200));
+    println!("{}", outcome.output);
+    assert_eq!(
+        outcome.exit_code, 0,
+        "output:\n{}\nconsole:\n{}",
+        outcome.output, outcome.console
+    );
+    assert!(
+        outcome.output.contains("test result: ok. 1 passed"),
+        "{}",
+        outcome.output
     );
 }

@@ -100,7 +100,8 @@ fn ctr_runs_exec_kill_and_tty_in_a_hull() {
     let _serial = serial();
     let rt = HullRuntime::start(NS, false);
 
-    // Output, and the guest's own kernel.
+    // Output, the guest's own kernel, and only loopback: a plain ctr
+    // container has no pod network namespace to mirror.
     let out = run_ok(
         &rt,
         &[
@@ -109,7 +110,7 @@ fn ctr_runs_exec_kill_and_tty_in_a_hull() {
             &unique_id("c"),
             "sh",
             "-c",
-            "echo hello; uname -r",
+            "echo hello; uname -r; ls /sys/class/net",
         ],
     );
     let mut lines = out.lines();
@@ -120,6 +121,7 @@ fn ctr_runs_exec_kill_and_tty_in_a_hull() {
         Some(&*host.release().to_string_lossy()),
         "ran on the host's kernel"
     );
+    assert_eq!(lines.collect::<Vec<_>>(), ["lo"], "{out}");
 
     // Exit codes propagate.
     let output = run(
