@@ -49,7 +49,7 @@ async fn main() {
     client.wait_for_test_images().await;
     let logs = rt.state_dir.with_file_name("logs");
     let serve = format!(
-        "dd if=/dev/zero of=/dev/shm/big bs=1M count={mib} 2>/dev/null && exec httpd -f -p {PORT} -h /dev/shm"
+        "dd if=/dev/zero of=/dev/shm/big bs=1M count={mib} 2>/dev/null && echo ok > /dev/shm/ready && exec httpd -f -p {PORT} -h /dev/shm"
     );
 
     let mut pods = Vec::new();
@@ -77,7 +77,7 @@ async fn main() {
         for (index, (name, _, ip)) in pods.iter().enumerate() {
             // The first fetch also waits for the server to be up.
             if run == 0 {
-                peer.fetch(ip, PORT, "/", FETCH_TIMEOUT);
+                peer.fetch(ip, PORT, "/ready", FETCH_TIMEOUT);
             }
             let started = Instant::now();
             let fetched = peer.http_get(ip, PORT, "/big");
@@ -92,6 +92,32 @@ async fn main() {
                 }
                 Ok(body) => println!("FAILED {name} run {run}: {} bytes of {bytes}", body.len()),
                 Err(err) => println!("FAILED {name} run {run}: {err}"),
+            }
+        }
+    }
+    // The hull pod's bytes went through its VM: count them on its tap.
+    for dir in rt.pod_dirs() {
+        if let Ok(netns) = std::fs::read_to_string(dir.join("netns")) {
+            let output = std::process::Command::new("nsenter")
+                .arg(format!("--net={netns}"))
+                .args(["cat", "/proc/net/dev"])
+                .output()
+                .expect("nsenter");
+            let text = String::from_utf8_lossy(&output.stdout);
+            if let Some(line) = text
+                .lines()
+                .find(|l| l.trim_start().starts_with("tap0_hull:"))
+            {
+                // Receive bytes are the first field: what the guest sent.
+                let sent: u64 = line
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                println!(
+                    "the hull pod's VM sent {} MiB through tap0_hull",
+                    sent / (1024 * 1024)
+                );
             }
         }
     }
