@@ -1,9 +1,13 @@
 //! virtio devices and their MMIO transport.
 
+pub mod chain;
+pub mod device_thread;
 pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+#[cfg(test)]
+pub mod test_driver;
 pub mod vsock;
 
 use std::sync::Arc;

@@ -5,11 +5,10 @@
 
 use std::ops::Deref;
 
-use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress};
-
 use super::NetError;
+use crate::devices::virtio::chain::Segments;
 use crate::memory::GuestMemory;
+use virtio_queue::DescriptorChain;
 
 /// `struct virtio_net_hdr_v1`: the header every frame carries once
 /// VIRTIO_F_VERSION_1 is negotiated, with or without VIRTIO_NET_F_MRG_RXBUF.
@@ -42,52 +41,6 @@ pub fn needs_offload(header: &[u8]) -> bool {
     flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 || gso_type != VIRTIO_NET_HDR_GSO_NONE
 }
 
-/// One descriptor's buffer, already checked to lie inside guest memory.
-#[derive(Debug, Clone, Copy)]
-struct Segment {
-    addr: GuestAddress,
-    len: usize,
-}
-
-/// The buffers of one chain, all in the direction the queue needs.
-#[derive(Debug)]
-struct Segments {
-    head: u16,
-    list: Vec<Segment>,
-    total: usize,
-}
-
-impl Segments {
-    fn collect<M>(
-        memory: &GuestMemory,
-        chain: DescriptorChain<M>,
-        device_writable: bool,
-    ) -> Result<Self, NetError>
-    where
-        M: Clone + Deref,
-        M::Target: vm_memory::GuestMemory,
-    {
-        let head = chain.head_index();
-        let mut list = Vec::new();
-        let mut total = 0usize;
-        for descriptor in chain {
-            if descriptor.is_write_only() != device_writable {
-                return Err(NetError::WrongDirection { head });
-            }
-            let (addr, len) = (descriptor.addr(), descriptor.len() as usize);
-            if !vm_memory::GuestMemoryBackend::check_range(memory, addr, len) {
-                return Err(NetError::OutsideMemory {
-                    addr: addr.0,
-                    len: descriptor.len(),
-                });
-            }
-            total = total.saturating_add(len);
-            list.push(Segment { addr, len });
-        }
-        Ok(Self { head, list, total })
-    }
-}
-
 /// Reads the frame of one tx chain, behind its header, into `buf`: device-
 /// readable buffers only, inside guest memory, a whole header, and a frame
 /// from [`MIN_FRAME`] to [`MAX_FRAME`] bytes. Returns the chain's length.
@@ -101,8 +54,8 @@ where
     M::Target: vm_memory::GuestMemory,
 {
     let segments = Segments::collect(memory, chain, false)?;
-    let Some(frame) = segments.total.checked_sub(HEADER_LEN) else {
-        return Err(NetError::HeaderTooShort(segments.total));
+    let Some(frame) = segments.total().checked_sub(HEADER_LEN) else {
+        return Err(NetError::HeaderTooShort(segments.total()));
     };
     if frame < MIN_FRAME {
         return Err(NetError::FrameTooShort(frame));
@@ -110,18 +63,10 @@ where
     if frame > MAX_FRAME {
         return Err(NetError::FrameTooLong(frame));
     }
-    let mut at = 0usize;
-    for segment in &segments.list {
-        let piece = &mut buf[at..at + segment.len];
-        memory
-            .read_slice(piece, segment.addr)
-            .map_err(|_| NetError::OutsideMemory {
-                addr: segment.addr.0,
-                len: segment.len as u32,
-            })?;
-        at += segment.len;
-    }
-    Ok(segments.total)
+    // At most HEADER_LEN + MAX_FRAME bytes, checked above.
+    let len = segments.total();
+    segments.read(memory, 0, &mut buf[..len])?;
+    Ok(len)
 }
 
 /// A buffer the guest posted on the rx queue, held until a frame comes.
@@ -145,12 +90,12 @@ impl RxBuffer {
         M::Target: vm_memory::GuestMemory,
     {
         let segments = Segments::collect(memory, chain, true)?;
-        if segments.total < HEADER_LEN {
-            return Err(NetError::HeaderTooShort(segments.total));
+        if segments.total() < HEADER_LEN {
+            return Err(NetError::HeaderTooShort(segments.total()));
         }
-        if segments.total < min_len {
+        if segments.total() < min_len {
             return Err(NetError::RxBufferTooSmall {
-                len: segments.total,
+                len: segments.total(),
                 need: min_len,
             });
         }
@@ -158,12 +103,12 @@ impl RxBuffer {
     }
 
     pub fn head(&self) -> u16 {
-        self.segments.head
+        self.segments.head()
     }
 
     /// How many bytes, header included, the buffer holds.
     pub fn capacity(&self) -> usize {
-        self.segments.total
+        self.segments.total()
     }
 
     /// Scatters `bytes` (a header and its frame) over the buffer; returns
@@ -172,20 +117,7 @@ impl RxBuffer {
         if bytes.len() > self.capacity() {
             return Err(NetError::FrameTooLong(bytes.len() - HEADER_LEN));
         }
-        let mut rest = bytes;
-        for segment in &self.segments.list {
-            if rest.is_empty() {
-                break;
-            }
-            let take = segment.len.min(rest.len());
-            memory
-                .write_slice(&rest[..take], segment.addr)
-                .map_err(|_| NetError::OutsideMemory {
-                    addr: segment.addr.0,
-                    len: take as u32,
-                })?;
-            rest = &rest[take..];
-        }
+        self.segments.write(memory, 0, bytes)?;
         Ok(bytes.len() as u32)
     }
 }

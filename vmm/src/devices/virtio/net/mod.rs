@@ -44,8 +44,10 @@ use virtio_bindings::virtio_net::{
 
 pub use config::{Mac, NetConfig, NetSpecError};
 use tap::Tap;
-use worker::{Worker, WorkerHandle};
+use worker::Worker;
 
+use crate::devices::virtio::chain::ChainError;
+use crate::devices::virtio::device_thread::DeviceThread;
 use crate::devices::virtio::{Activation, VIRTIO_F_VERSION_1, VirtioDevice};
 
 pub const VIRTIO_ID_NET: u32 = 1;
@@ -84,10 +86,8 @@ pub enum NetError {
     Thread(#[source] std::io::Error),
     #[error("the driver did not accept VIRTIO_F_VERSION_1")]
     Legacy,
-    #[error("a descriptor of chain {head} goes the wrong direction")]
-    WrongDirection { head: u16 },
-    #[error("a buffer at {addr:#x}+{len:#x} is outside guest memory")]
-    OutsideMemory { addr: u64, len: u32 },
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     #[error("{0} bytes cannot hold the 12-byte virtio-net header")]
     HeaderTooShort(usize),
     #[error("an rx buffer of {len} bytes where a frame of the MTU needs {need}")]
@@ -103,7 +103,7 @@ pub struct Net {
     index: usize,
     tap: Arc<Tap>,
     config: [u8; CONFIG_LEN],
-    worker: Option<WorkerHandle>,
+    worker: Option<DeviceThread>,
 }
 
 impl Net {
@@ -150,7 +150,7 @@ impl Net {
         })
     }
 
-    fn start(&self, activation: Activation) -> Result<WorkerHandle, NetError> {
+    fn start(&self, activation: Activation) -> Result<DeviceThread, NetError> {
         if activation.acked_features & VIRTIO_F_VERSION_1 == 0 {
             return Err(NetError::Legacy);
         }

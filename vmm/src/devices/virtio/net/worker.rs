@@ -7,59 +7,20 @@
 //! Frames the guest has no room for wait in the tap's queue, and the kernel
 //! drops them once that is full; nothing here ever blocks.
 
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::NetError;
 use super::frame::{self, HEADER_LEN, MIN_FRAME, RxBuffer, SCRATCH_LEN};
 use super::tap::Tap;
 use crate::devices::bus::RateLimit;
 use crate::devices::virtio::Interrupt;
+use crate::devices::virtio::device_thread::{DeviceThread, KICK_TOKEN, STOP_TOKEN, Wakeups};
 use crate::memory::GuestMemory;
 
-const KICK_TOKEN: u64 = 0;
-const STOP_TOKEN: u64 = 1;
 const TAP_TOKEN: u64 = 2;
-
-/// The running thread, and the eventfds that drive it.
-#[derive(Debug)]
-pub struct WorkerHandle {
-    thread: Option<JoinHandle<()>>,
-    kick: EventFd,
-    stop: EventFd,
-}
-
-impl WorkerHandle {
-    pub fn kick(&self) {
-        // A full counter means a wake-up is pending already.
-        let _ = self.kick.write(1);
-    }
-
-    /// Stops the thread and waits for it.
-    pub fn stop(mut self) {
-        self.join();
-    }
-
-    fn join(&mut self) {
-        let _ = self.stop.write(1);
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("net: the device thread panicked");
-        }
-    }
-}
-
-impl Drop for WorkerHandle {
-    fn drop(&mut self) {
-        self.join();
-    }
-}
 
 pub struct Worker {
     memory: GuestMemory,
@@ -68,8 +29,7 @@ pub struct Worker {
     interrupt: Interrupt,
     tap: Arc<Tap>,
     epoll: Epoll,
-    kick: EventFd,
-    stop: EventFd,
+    wakeups: Wakeups,
     /// An rx buffer popped from the queue, waiting for a frame.
     rx_buffer: Option<RxBuffer>,
     /// A header and a frame of the MTU: smaller rx buffers are refused.
@@ -101,13 +61,9 @@ impl Worker {
         tap: Arc<Tap>,
         min_rx_buffer: usize,
     ) -> Result<Self, NetError> {
-        let eventfd = || EventFd::new(EFD_NONBLOCK).map_err(NetError::EventFd);
-        let (kick, stop) = (eventfd()?, eventfd()?);
+        let wakeups = Wakeups::new().map_err(NetError::EventFd)?;
         let epoll = Epoll::new().map_err(NetError::Epoll)?;
-        for (fd, token) in [
-            (kick.as_raw_fd(), KICK_TOKEN),
-            (stop.as_raw_fd(), STOP_TOKEN),
-        ] {
+        for (fd, token) in wakeups.fds() {
             epoll
                 .ctl(
                     ControlOperation::Add,
@@ -123,8 +79,7 @@ impl Worker {
             interrupt,
             tap,
             epoll,
-            kick,
-            stop,
+            wakeups,
             rx_buffer: None,
             min_rx_buffer,
             tap_watched: false,
@@ -138,18 +93,9 @@ impl Worker {
         })
     }
 
-    pub fn spawn(self, name: String) -> Result<WorkerHandle, NetError> {
-        let kick = self.kick.try_clone().map_err(NetError::EventFd)?;
-        let stop = self.stop.try_clone().map_err(NetError::EventFd)?;
-        let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || self.run())
-            .map_err(NetError::Thread)?;
-        Ok(WorkerHandle {
-            thread: Some(thread),
-            kick,
-            stop,
-        })
+    pub fn spawn(self, name: String) -> Result<DeviceThread, NetError> {
+        let wakeups = self.wakeups.try_clone().map_err(NetError::EventFd)?;
+        DeviceThread::spawn("net", name, wakeups, move || self.run()).map_err(NetError::Thread)
     }
 
     fn run(mut self) {
@@ -168,14 +114,12 @@ impl Worker {
             for event in &events[..count] {
                 match event.data() {
                     STOP_TOKEN => return,
-                    KICK_TOKEN => {
-                        let _ = self.kick.read();
-                    }
+                    KICK_TOKEN => self.wakeups.take_kick(),
                     // Level-triggered: the pump reads until it would block.
                     _ => {}
                 }
             }
-            if self.stop.read().is_ok() {
+            if self.wakeups.stopped() {
                 return;
             }
         }

@@ -110,8 +110,8 @@ mod tests {
     use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
     use super::*;
-    use crate::devices::BusDevice;
     use crate::devices::virtio::mmio::MmioTransport;
+    use crate::devices::virtio::test_driver::{read_reg, reg};
 
     const DESC: u64 = 0x1000;
     const AVAIL: u64 = 0x2000;
@@ -119,16 +119,6 @@ mod tests {
     const QUEUE: u16 = 16;
     const WRITE: u16 = 2;
     const NEXT: u16 = 1;
-
-    fn reg(transport: &mut MmioTransport, offset: u64, value: u32) {
-        transport.write(offset, &value.to_le_bytes());
-    }
-
-    fn read_reg(transport: &mut MmioTransport, offset: u64) -> u32 {
-        let mut data = [0u8; 4];
-        transport.read(offset, &mut data);
-        u32::from_le_bytes(data)
-    }
 
     /// Brings the device up the way a driver does, through its registers.
     fn driver_ready() -> (MmioTransport, GuestMemory) {

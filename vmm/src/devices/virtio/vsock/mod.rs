@@ -19,9 +19,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
+use crate::devices::virtio::chain::ChainError;
+use crate::devices::virtio::device_thread::DeviceThread;
 use crate::devices::virtio::{Activation, VIRTIO_F_VERSION_1, VirtioDevice};
 use muxer::Muxer;
-use worker::{Worker, WorkerHandle};
+use worker::Worker;
 
 pub const VIRTIO_ID_VSOCK: u32 = 19;
 /// The well-known CID of the host.
@@ -42,10 +44,8 @@ pub enum VsockError {
     EventFd(#[source] std::io::Error),
     #[error("starting the vsock thread: {0}")]
     Thread(#[source] std::io::Error),
-    #[error("a descriptor of chain {head} goes the wrong direction")]
-    WrongDirection { head: u16 },
-    #[error("a buffer at {addr:#x}+{len:#x} is outside guest memory")]
-    OutsideMemory { addr: u64, len: u32 },
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     #[error("{0} bytes cannot hold a packet header")]
     HeaderTooShort(usize),
     #[error("a payload of {len} bytes where {available} are available")]
@@ -105,7 +105,7 @@ impl Drop for Listener {
 pub struct Vsock {
     guest_cid: u64,
     listener: Listener,
-    worker: Option<WorkerHandle>,
+    worker: Option<DeviceThread>,
 }
 
 impl Vsock {
@@ -120,7 +120,7 @@ impl Vsock {
         })
     }
 
-    fn start(&self, activation: Activation) -> Result<WorkerHandle, VsockError> {
+    fn start(&self, activation: Activation) -> Result<DeviceThread, VsockError> {
         let mut queues = activation.queues.into_iter();
         let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
             return Err(VsockError::Thread(std::io::Error::other(

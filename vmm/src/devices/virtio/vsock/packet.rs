@@ -6,9 +6,9 @@
 use std::ops::Deref;
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::VsockError;
+use crate::devices::virtio::chain::Segments;
 use crate::memory::GuestMemory;
 
 pub const HEADER_LEN: usize = 44;
@@ -114,101 +114,6 @@ impl Header {
     }
 }
 
-/// One descriptor's buffer, already checked to lie inside guest memory.
-#[derive(Debug, Clone, Copy)]
-struct Segment {
-    addr: GuestAddress,
-    len: usize,
-}
-
-/// The buffers of one chain, all in the direction the queue needs.
-#[derive(Debug)]
-struct Segments {
-    head: u16,
-    list: Vec<Segment>,
-    total: usize,
-}
-
-impl Segments {
-    fn collect<M>(
-        memory: &GuestMemory,
-        chain: DescriptorChain<M>,
-        device_writable: bool,
-    ) -> Result<Self, VsockError>
-    where
-        M: Clone + Deref,
-        M::Target: vm_memory::GuestMemory,
-    {
-        let head = chain.head_index();
-        let mut list = Vec::new();
-        let mut total = 0usize;
-        for descriptor in chain {
-            if descriptor.is_write_only() != device_writable {
-                return Err(VsockError::WrongDirection { head });
-            }
-            let (addr, len) = (descriptor.addr(), descriptor.len() as usize);
-            if !vm_memory::GuestMemoryBackend::check_range(memory, addr, len) {
-                return Err(VsockError::OutsideMemory {
-                    addr: addr.0,
-                    len: descriptor.len(),
-                });
-            }
-            total = total.saturating_add(len);
-            list.push(Segment { addr, len });
-        }
-        Ok(Self { head, list, total })
-    }
-
-    /// Visits the `len` bytes at `offset` of the scattered range, one
-    /// (guest address, byte range of the caller's buffer) piece at a time.
-    fn pieces(
-        &self,
-        offset: usize,
-        len: usize,
-    ) -> impl Iterator<Item = (GuestAddress, usize, usize)> {
-        let mut skip = offset;
-        let mut done = 0usize;
-        self.list.iter().filter_map(move |segment| {
-            if done == len {
-                return None;
-            }
-            if skip >= segment.len {
-                skip -= segment.len;
-                return None;
-            }
-            let take = (segment.len - skip).min(len - done);
-            let piece = (segment.addr.unchecked_add(skip as u64), done, done + take);
-            skip = 0;
-            done += take;
-            Some(piece)
-        })
-    }
-
-    fn read(&self, memory: &GuestMemory, offset: usize, buf: &mut [u8]) -> Result<(), VsockError> {
-        for (addr, start, end) in self.pieces(offset, buf.len()) {
-            memory.read_slice(&mut buf[start..end], addr).map_err(|_| {
-                VsockError::OutsideMemory {
-                    addr: addr.0,
-                    len: (end - start) as u32,
-                }
-            })?;
-        }
-        Ok(())
-    }
-
-    fn write(&self, memory: &GuestMemory, offset: usize, buf: &[u8]) -> Result<(), VsockError> {
-        for (addr, start, end) in self.pieces(offset, buf.len()) {
-            memory
-                .write_slice(&buf[start..end], addr)
-                .map_err(|_| VsockError::OutsideMemory {
-                    addr: addr.0,
-                    len: (end - start) as u32,
-                })?;
-        }
-        Ok(())
-    }
-}
-
 /// A packet the guest sent on the tx queue.
 #[derive(Debug)]
 pub struct TxPacket {
@@ -225,13 +130,13 @@ impl TxPacket {
         M::Target: vm_memory::GuestMemory,
     {
         let segments = Segments::collect(memory, chain, false)?;
-        if segments.total < HEADER_LEN {
-            return Err(VsockError::HeaderTooShort(segments.total));
+        if segments.total() < HEADER_LEN {
+            return Err(VsockError::HeaderTooShort(segments.total()));
         }
         let mut bytes = [0u8; HEADER_LEN];
         segments.read(memory, 0, &mut bytes)?;
         let header = Header::parse(&bytes);
-        let available = segments.total - HEADER_LEN;
+        let available = segments.total() - HEADER_LEN;
         if header.len > MAX_PAYLOAD || header.len as usize > available {
             return Err(VsockError::LenBeyondBuffer {
                 len: header.len,
@@ -258,19 +163,19 @@ impl RxBuffer {
         M::Target: vm_memory::GuestMemory,
     {
         let segments = Segments::collect(memory, chain, true)?;
-        if segments.total < HEADER_LEN {
-            return Err(VsockError::HeaderTooShort(segments.total));
+        if segments.total() < HEADER_LEN {
+            return Err(VsockError::HeaderTooShort(segments.total()));
         }
         Ok(Self { segments })
     }
 
     pub fn head(&self) -> u16 {
-        self.segments.head
+        self.segments.head()
     }
 
     /// How many payload bytes fit after the header.
     pub fn max_payload(&self) -> u32 {
-        (self.segments.total - HEADER_LEN).min(MAX_PAYLOAD as usize) as u32
+        (self.segments.total() - HEADER_LEN).min(MAX_PAYLOAD as usize) as u32
     }
 
     /// Writes the packet; returns the bytes written, for the used ring.

@@ -4,75 +4,42 @@
 //! polls the used ring with a deadline.
 
 use std::io::{Read, Write};
+use std::ops::{Deref, DerefMut};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::packet::{HEADER_LEN, Header, Op, SHUTDOWN_BOTH, TYPE_STREAM};
 use super::*;
 use crate::devices::BusDevice;
-use crate::devices::virtio::Interrupt;
-use crate::devices::virtio::mmio::MmioTransport;
-use crate::memory::GuestMemory;
+use crate::devices::virtio::test_driver::{self, WAIT, read_reg, reg};
 
 const CID: u64 = 3;
-const QUEUE: u16 = 16;
-const NEXT: u16 = 1;
-const WRITE: u16 = 2;
-const WAIT: Duration = Duration::from_secs(5);
 
-/// Where one queue's rings and buffers live in the 1 MiB of guest memory.
-struct Ring {
-    index: u32,
-    desc: u64,
-    avail: u64,
-    used: u64,
-    buffers: u64,
-    next_desc: u16,
-    avail_idx: u16,
-    used_seen: u16,
-}
-
-impl Ring {
-    fn new(index: u32, base: u64) -> Self {
-        Self {
-            index,
-            desc: base,
-            avail: base + 0x1000,
-            used: base + 0x2000,
-            buffers: base + 0x3000,
-            next_desc: 0,
-            avail_idx: 0,
-            used_seen: 0,
-        }
-    }
-
-    /// One descriptor slot's buffer: 4 KiB each.
-    fn buffer(&self, desc: u16) -> u64 {
-        self.buffers + u64::from(desc) * 0x1000
-    }
-}
-
+/// The shared virtqueue driver, with vsock's packets and its socket path.
+#[derive(Debug)]
 struct Driver {
-    transport: MmioTransport,
-    memory: GuestMemory,
-    rx: Ring,
-    tx: Ring,
+    virtio: test_driver::Driver,
     _dir: tempfile::TempDir,
     uds: PathBuf,
 }
 
-fn reg(transport: &mut MmioTransport, offset: u64, value: u32) {
-    transport.write(offset, &value.to_le_bytes());
+// The tests reach the transport, memory and rings as if they were the
+// driver's own.
+impl Deref for Driver {
+    type Target = test_driver::Driver;
+
+    fn deref(&self) -> &Self::Target {
+        &self.virtio
+    }
 }
 
-fn read_reg(transport: &mut MmioTransport, offset: u64) -> u32 {
-    let mut data = [0u8; 4];
-    transport.read(offset, &mut data);
-    u32::from_le_bytes(data)
+impl DerefMut for Driver {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.virtio
+    }
 }
 
 fn header(op: Op, src_port: u32, dst_port: u32) -> Header {
@@ -95,15 +62,9 @@ impl Driver {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("dir");
         let uds = dir.path().join("vsock.sock");
-        let (memory, _memfd) = crate::memory::create(1).expect("memory");
-        let interrupt = Interrupt::new(EventFd::new(EFD_NONBLOCK).expect("eventfd"));
         let device = Vsock::new(CID, &uds).expect("vsock");
-        let transport = MmioTransport::new(Box::new(device), memory.clone(), interrupt);
         Self {
-            transport,
-            memory,
-            rx: Ring::new(0, 0x10000),
-            tx: Ring::new(1, 0x40000),
+            virtio: test_driver::Driver::new(Box::new(device), 1),
             _dir: dir,
             uds,
         }
@@ -111,21 +72,7 @@ impl Driver {
 
     /// Brings the device up: rx and tx set up, the event queue left alone.
     fn activate(mut self) -> Self {
-        let t = &mut self.transport;
-        reg(t, 0x070, 1 | 2);
-        reg(t, 0x024, 1);
-        reg(t, 0x020, 1);
-        reg(t, 0x070, 1 | 2 | 8);
-        for ring in [&self.rx, &self.tx] {
-            reg(t, 0x030, ring.index);
-            reg(t, 0x038, u32::from(QUEUE));
-            reg(t, 0x080, ring.desc as u32);
-            reg(t, 0x090, ring.avail as u32);
-            reg(t, 0x0a0, ring.used as u32);
-            reg(t, 0x044, 1);
-        }
-        reg(t, 0x070, 1 | 2 | 8 | 4);
-        assert_eq!(read_reg(t, 0x070), 15, "the driver was refused");
+        self.virtio.activate();
         self
     }
 
@@ -137,126 +84,19 @@ impl Driver {
         driver
     }
 
-    fn ring(&mut self, index: u32) -> &mut Ring {
-        if index == 0 {
-            &mut self.rx
-        } else {
-            &mut self.tx
-        }
-    }
-
-    /// Writes a chain of descriptors (address, length, device-writable)
-    /// and offers it; returns its head.
-    fn offer(&mut self, queue: u32, parts: &[(u64, u32, bool)]) -> u16 {
-        let memory = self.memory.clone();
-        let ring = self.ring(queue);
-        let head = ring.next_desc;
-        for (i, &(addr, len, writable)) in parts.iter().enumerate() {
-            let desc = (head + i as u16) % QUEUE;
-            let mut flags = if writable { WRITE } else { 0 };
-            if i + 1 < parts.len() {
-                flags |= NEXT;
-            }
-            let at = ring.desc + u64::from(desc) * 16;
-            memory.write_obj(addr, GuestAddress(at)).expect("addr");
-            memory.write_obj(len, GuestAddress(at + 8)).expect("len");
-            memory
-                .write_obj(flags, GuestAddress(at + 12))
-                .expect("flags");
-            memory
-                .write_obj((desc + 1) % QUEUE, GuestAddress(at + 14))
-                .expect("next");
-        }
-        ring.next_desc = (head + parts.len() as u16) % QUEUE;
-        let slot = u64::from(ring.avail_idx % QUEUE);
-        memory
-            .write_obj(head, GuestAddress(ring.avail + 4 + slot * 2))
-            .expect("ring");
-        ring.avail_idx = ring.avail_idx.wrapping_add(1);
-        memory
-            .write_obj(ring.avail_idx, GuestAddress(ring.avail + 2))
-            .expect("idx");
-        reg(&mut self.transport, 0x050, queue);
-        head
-    }
-
-    /// Posts an rx buffer split into descriptors of these lengths.
-    fn post_rx(&mut self, lens: &[u32]) {
-        let first = self.rx.next_desc;
-        let parts: Vec<_> = lens
-            .iter()
-            .enumerate()
-            .map(|(i, &len)| (self.rx.buffer((first + i as u16) % QUEUE), len, true))
-            .collect();
-        self.offer(0, &parts);
-    }
-
     /// Sends a packet, the header and payload in one descriptor.
     fn send(&mut self, header: Header, payload: &[u8]) -> u16 {
         let header = Header {
             len: payload.len() as u32,
             ..header
         };
-        let addr = self.tx.buffer(self.tx.next_desc);
+        let addr = self.next_tx_buffer(0);
         let mut bytes = header.to_bytes().to_vec();
         bytes.extend_from_slice(payload);
         self.memory
             .write_slice(&bytes, GuestAddress(addr))
             .expect("packet");
         self.offer(1, &[(addr, bytes.len() as u32, false)])
-    }
-
-    /// The next used entry of a queue, waiting for it.
-    fn used(&mut self, queue: u32) -> (u16, u32) {
-        let memory = self.memory.clone();
-        let ring = self.ring(queue);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let idx: u16 = memory
-                .read_obj(GuestAddress(ring.used + 2))
-                .expect("used idx");
-            if idx != ring.used_seen {
-                break;
-            }
-            assert!(Instant::now() < deadline, "queue {queue}: nothing used");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let at = ring.used + 4 + u64::from(ring.used_seen % QUEUE) * 8;
-        ring.used_seen = ring.used_seen.wrapping_add(1);
-        let id: u32 = memory.read_obj(GuestAddress(at)).expect("id");
-        let len: u32 = memory.read_obj(GuestAddress(at + 4)).expect("len");
-        (id as u16, len)
-    }
-
-    /// Whether the queue has used entries not looked at yet, after a grace
-    /// period for the device thread.
-    fn nothing_more_used(&mut self, queue: u32) -> bool {
-        std::thread::sleep(Duration::from_millis(100));
-        let memory = self.memory.clone();
-        let ring = self.ring(queue);
-        let idx: u16 = memory
-            .read_obj(GuestAddress(ring.used + 2))
-            .expect("used idx");
-        idx == ring.used_seen
-    }
-
-    /// Reads back a used rx chain, following its descriptors.
-    fn read_chain(&self, head: u16, len: u32) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        let mut desc = head;
-        while bytes.len() < len as usize {
-            let at = self.rx.desc + u64::from(desc) * 16;
-            let addr: u64 = self.memory.read_obj(GuestAddress(at)).expect("addr");
-            let size: u32 = self.memory.read_obj(GuestAddress(at + 8)).expect("len");
-            let take = size.min(len - bytes.len() as u32) as usize;
-            let mut part = vec![0u8; take];
-            self.memory
-                .read_slice(&mut part, GuestAddress(addr))
-                .expect("buffer");
-            bytes.extend(part);
-            desc = self.memory.read_obj(GuestAddress(at + 14)).expect("next");
-        }
-        bytes
     }
 
     /// The next packet the device delivered, reposting a buffer for it.

@@ -3,58 +3,18 @@
 //! writes the kick eventfd, so it never waits on a host socket.
 
 use std::collections::VecDeque;
-use std::os::fd::AsRawFd;
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::epoll::{EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::VsockError;
 use super::muxer::{LISTENER_TOKEN, Muxer};
 use super::packet::{RxBuffer, TxPacket};
 use crate::devices::bus::RateLimit;
 use crate::devices::virtio::Interrupt;
+use crate::devices::virtio::device_thread::{DeviceThread, KICK_TOKEN, STOP_TOKEN, Wakeups};
 use crate::memory::GuestMemory;
-
-const KICK_TOKEN: u64 = 0;
-const STOP_TOKEN: u64 = 1;
-
-/// The running thread, and the eventfds that drive it.
-#[derive(Debug)]
-pub struct WorkerHandle {
-    thread: Option<JoinHandle<()>>,
-    kick: EventFd,
-    stop: EventFd,
-}
-
-impl WorkerHandle {
-    pub fn kick(&self) {
-        // A full counter means a wake-up is pending already.
-        let _ = self.kick.write(1);
-    }
-
-    /// Stops the thread and waits for it; its connections close with it.
-    pub fn stop(mut self) {
-        self.join();
-    }
-
-    fn join(&mut self) {
-        let _ = self.stop.write(1);
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("vsock: the device thread panicked");
-        }
-    }
-}
-
-impl Drop for WorkerHandle {
-    fn drop(&mut self) {
-        self.join();
-    }
-}
 
 pub struct Worker {
     memory: GuestMemory,
@@ -62,8 +22,7 @@ pub struct Worker {
     tx: Queue,
     interrupt: Interrupt,
     muxer: Muxer,
-    kick: EventFd,
-    stop: EventFd,
+    wakeups: Wakeups,
     /// rx buffers popped from the queue, waiting for packets.
     rx_buffers: VecDeque<RxBuffer>,
     bad_input: RateLimit,
@@ -85,39 +44,28 @@ impl Worker {
         interrupt: Interrupt,
         muxer: Muxer,
     ) -> Result<Self, VsockError> {
-        let eventfd = || EventFd::new(EFD_NONBLOCK).map_err(VsockError::EventFd);
-        let (kick, stop) = (eventfd()?, eventfd()?);
-        muxer
-            .watch(kick.as_raw_fd(), KICK_TOKEN, EventSet::IN)
-            .map_err(VsockError::Epoll)?;
-        muxer
-            .watch(stop.as_raw_fd(), STOP_TOKEN, EventSet::IN)
-            .map_err(VsockError::Epoll)?;
+        let wakeups = Wakeups::new().map_err(VsockError::EventFd)?;
+        for (fd, token) in wakeups.fds() {
+            muxer
+                .watch(fd, token, EventSet::IN)
+                .map_err(VsockError::Epoll)?;
+        }
         Ok(Self {
             memory,
             rx,
             tx,
             interrupt,
             muxer,
-            kick,
-            stop,
+            wakeups,
             rx_buffers: VecDeque::new(),
             bad_input: RateLimit::default(),
         })
     }
 
-    pub fn spawn(self) -> Result<WorkerHandle, VsockError> {
-        let kick = self.kick.try_clone().map_err(VsockError::EventFd)?;
-        let stop = self.stop.try_clone().map_err(VsockError::EventFd)?;
-        let thread = std::thread::Builder::new()
-            .name("hull-vsock".into())
-            .spawn(move || self.run())
-            .map_err(VsockError::Thread)?;
-        Ok(WorkerHandle {
-            thread: Some(thread),
-            kick,
-            stop,
-        })
+    pub fn spawn(self) -> Result<DeviceThread, VsockError> {
+        let wakeups = self.wakeups.try_clone().map_err(VsockError::EventFd)?;
+        DeviceThread::spawn("vsock", "hull-vsock".into(), wakeups, move || self.run())
+            .map_err(VsockError::Thread)
     }
 
     fn run(mut self) {
@@ -140,14 +88,12 @@ impl Worker {
             for event in &events[..count] {
                 match event.data() {
                     STOP_TOKEN => return,
-                    KICK_TOKEN => {
-                        let _ = self.kick.read();
-                    }
+                    KICK_TOKEN => self.wakeups.take_kick(),
                     LISTENER_TOKEN => self.muxer.accept_all(),
                     token => self.muxer.on_socket_event(token, event.event_set()),
                 }
             }
-            if self.stop.read().is_ok() {
+            if self.wakeups.stopped() {
                 return;
             }
             self.muxer.expire(Instant::now());

@@ -18,7 +18,8 @@ use super::frame::HEADER_LEN;
 use super::*;
 use crate::devices::BusDevice;
 use crate::devices::virtio::Interrupt;
-use driver::{Driver, WAIT, read_reg, reg};
+use crate::devices::virtio::test_driver::{WAIT, read_reg, reg};
+use driver::Driver;
 use host::{BROADCAST, MAC, MTU, Wire, check, create_tap, frame, in_netns};
 
 /// Where big test buffers go, beyond the rings' 4 KiB slots.
