@@ -92,19 +92,23 @@ fn compile(name: &str, dir: &Path) -> PathBuf {
     image
 }
 
-fn run_guest(name: &str) -> (VcpuExitReason, String) {
-    let dir = tempfile::tempdir().expect("dir");
-    let image = assemble(name, dir.path());
-    let console_log = dir.path().join("console.log");
-    let exit = hull_vmm::run(&VmmConfig::new(
+/// 16 MiB for a real-mode image at [`ENTRY`], its console in `console_log`.
+fn real_mode(image: PathBuf, console_log: PathBuf) -> VmmConfig {
+    VmmConfig::new(
         16,
         Boot::RealMode {
             image,
             entry: ENTRY,
         },
-        console_log.clone(),
-    ))
-    .expect("run the guest");
+        console_log,
+    )
+}
+
+fn run_guest(name: &str) -> (VcpuExitReason, String) {
+    let dir = tempfile::tempdir().expect("dir");
+    let image = assemble(name, dir.path());
+    let console_log = dir.path().join("console.log");
+    let exit = hull_vmm::run(&real_mode(image, console_log.clone())).expect("run the guest");
     (
         exit,
         std::fs::read_to_string(console_log).expect("console log"),
@@ -121,12 +125,8 @@ fn serial_output_reaches_the_console_log() {
 #[test]
 fn a_missing_image_is_named() {
     let dir = tempfile::tempdir().expect("dir");
-    let err = hull_vmm::run(&VmmConfig::new(
-        16,
-        Boot::RealMode {
-            image: dir.path().join("absent.bin"),
-            entry: ENTRY,
-        },
+    let err = hull_vmm::run(&real_mode(
+        dir.path().join("absent.bin"),
         dir.path().join("console.log"),
     ))
     .expect_err("no image")
@@ -178,14 +178,7 @@ fn virtio_net_registers_and_config_read_through_mmio() {
         let dir = tempfile::tempdir().expect("dir");
         let image = assemble("net_registers", dir.path());
         let console_log = dir.path().join("console.log");
-        let mut config = VmmConfig::new(
-            16,
-            Boot::RealMode {
-                image,
-                entry: ENTRY,
-            },
-            console_log.clone(),
-        );
+        let mut config = real_mode(image, console_log.clone());
         config.net.push(NetConfig {
             tap_fd: tap.as_raw_fd(),
             mac: [0x02, 0x00, 0x5e, 0x10, 0x20, 0x30],
@@ -249,14 +242,7 @@ fn the_control_channel_pauses_resumes_and_stops_a_running_guest() {
     let image = assemble("ticker", dir.path());
     let console_log = dir.path().join("console.log");
     let socket = dir.path().join("api.sock");
-    let mut config = VmmConfig::new(
-        16,
-        Boot::RealMode {
-            image,
-            entry: ENTRY,
-        },
-        console_log.clone(),
-    );
+    let mut config = real_mode(image, console_log.clone());
     config.api_socket = Some(socket.clone());
     let vmm = std::thread::spawn(move || hull_vmm::run(&config));
 
@@ -296,14 +282,7 @@ fn a_bad_control_request_is_refused_and_the_channel_keeps_serving() {
     let dir = tempfile::tempdir().expect("dir");
     let image = assemble("ticker", dir.path());
     let socket = dir.path().join("api.sock");
-    let mut config = VmmConfig::new(
-        16,
-        Boot::RealMode {
-            image,
-            entry: ENTRY,
-        },
-        dir.path().join("console.log"),
-    );
+    let mut config = real_mode(image, dir.path().join("console.log"));
     config.api_socket = Some(socket.clone());
     let vmm = std::thread::spawn(move || hull_vmm::run(&config));
     control(&socket, Request::State);
@@ -367,14 +346,7 @@ fn virtio_vsock_round_trips_through_real_virtqueues() {
     // The guest connects to host port 5000 first thing.
     let port_5000 = dir.path().join("vsock.sock_5000");
     let listener = UnixListener::bind(&port_5000).expect("listen on port 5000");
-    let mut config = VmmConfig::new(
-        16,
-        Boot::RealMode {
-            image,
-            entry: ENTRY,
-        },
-        console_log.clone(),
-    );
+    let mut config = real_mode(image, console_log.clone());
     config.vsock = Some(VsockConfig {
         guest_cid: 3,
         uds_path: uds.clone(),

@@ -1,6 +1,12 @@
 /* Switches to 32-bit protected mode, reads the identification registers of
- * the first virtio-mmio device at 0xd0000000 and prints them in hex on COM1:
- * MagicValue Version DeviceID VendorID QueueNumMax(queue 0). */
+ * the virtio-mmio device at MMIO_BASE (unless defined otherwise the first,
+ * at 0xd0000000) and prints them in hex on COM1:
+ * MagicValue Version DeviceID VendorID QueueNumMax(queue 0), then, with
+ * CONFIG_WORDS defined, the first three 32-bit words of its config space.
+ * Other guests define those and include this file. */
+#ifndef MMIO_BASE
+#define MMIO_BASE 0xd0000000
+#endif
 .code16
 .globl _start
 _start:
@@ -18,17 +24,17 @@ protected:
     mov %ax, %es
     mov %ax, %ss
     mov $0x9000, %esp
-    mov $0xd0000000, %ebx
-    mov 0x000(%ebx), %eax
+    mov $MMIO_BASE, %ebx
+    .irp offset, 0x000, 0x004, 0x008, 0x00c, 0x034
+    mov \offset(%ebx), %eax
     call print_hex
-    mov 0x004(%ebx), %eax
+    .endr
+#ifdef CONFIG_WORDS
+    .irp offset, 0x100, 0x104, 0x108
+    mov \offset(%ebx), %eax
     call print_hex
-    mov 0x008(%ebx), %eax
-    call print_hex
-    mov 0x00c(%ebx), %eax
-    call print_hex
-    mov 0x034(%ebx), %eax
-    call print_hex
+    .endr
+#endif
     mov $'\n', %al
     call putc
     hlt

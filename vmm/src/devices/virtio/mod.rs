@@ -22,6 +22,19 @@ use crate::memory::GuestMemory;
 /// here is version 2, the modern one.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 
+/// Reads `data` from a config space kept as its bytes, from `offset` on.
+/// Past the end reads zeros: the driver may read a field the features it
+/// accepted leave out, and must get something.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = usize::try_from(offset)
+            .ok()
+            .and_then(|offset| offset.checked_add(i))
+            .and_then(|at| config.get(at).copied())
+            .unwrap_or(0);
+    }
+}
+
 /// The transport's interrupt: a status bit for the driver to read, and an
 /// eventfd that raises the line (an irqfd once the VM has an irqchip).
 #[derive(Debug, Clone)]

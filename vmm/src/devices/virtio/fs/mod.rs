@@ -20,7 +20,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use self::rate_limit::RateLimit;
 use self::relay::Relay;
 use self::vhost_user::{Ring, Session};
-use crate::devices::virtio::{Activation, VirtioDevice};
+use crate::devices::virtio::{Activation, VirtioDevice, read_config_bytes};
 
 pub const VIRTIO_ID_FS: u32 = 26;
 /// The config space's tag field, in bytes (virtio 1.2, 5.11.4).
@@ -213,13 +213,7 @@ impl VirtioDevice for Fs {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (at, byte) in (offset..).zip(data.iter_mut()) {
-            *byte = usize::try_from(at)
-                .ok()
-                .and_then(|at| self.config.get(at))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _: &[u8]) {

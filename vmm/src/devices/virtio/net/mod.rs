@@ -48,7 +48,7 @@ use worker::Worker;
 
 use crate::devices::virtio::chain::ChainError;
 use crate::devices::virtio::device_thread::DeviceThread;
-use crate::devices::virtio::{Activation, VIRTIO_F_VERSION_1, VirtioDevice};
+use crate::devices::virtio::{Activation, VIRTIO_F_VERSION_1, VirtioDevice, read_config_bytes};
 
 pub const VIRTIO_ID_NET: u32 = 1;
 const QUEUE_SIZE: u16 = 256;
@@ -194,13 +194,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = usize::try_from(offset)
-                .ok()
-                .and_then(|offset| offset.checked_add(i))
-                .and_then(|at| self.config.get(at).copied())
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, _: u64, _: &[u8]) {

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use crate::devices::virtio::chain::ChainError;
 use crate::devices::virtio::device_thread::DeviceThread;
-use crate::devices::virtio::{Activation, VIRTIO_F_VERSION_1, VirtioDevice};
+use crate::devices::virtio::{Activation, VIRTIO_F_VERSION_1, VirtioDevice, read_config_bytes};
 use muxer::Muxer;
 use worker::Worker;
 
@@ -156,14 +156,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.guest_cid.to_le_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = usize::try_from(offset)
-                .ok()
-                .and_then(|offset| offset.checked_add(i))
-                .and_then(|at| config.get(at).copied())
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, _: u64, _: &[u8]) {
