@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole benchmark run of bench/README.md: builds the release binaries
+# (the shim, hull-vmm, the benchmarks), then runs bench-all, which prints a
+# table and writes bench/RESULTS.md. Arguments go to bench-all (`--quick`
+# for a check that it works; see bench/src/bin/bench-all.rs).
+#
+#   sudo bash bench/run.sh [--quick] [--out FILE] [--skip-kvm-host]
+#
+# It needs what `sudo bash scripts/test.sh` builds and installs: the guest
+# image (HULL_GUEST_DIR, by default /var/cache/hull/guest), the KVM test
+# host, containerd 1.6, QEMU, virtiofsd and vhost-device-vsock.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/hull/target}"
+cargo build --release -p hull-shim -p hull-vmm -p hull-bench
+command="sudo bash bench/run.sh${*:+ $*}"
+exec "$CARGO_TARGET_DIR/release/bench-all" --command "$command" "$@"
