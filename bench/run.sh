@@ -13,5 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/hull/target}"
 cargo build --release -p hull-shim -p hull-vmm -p hull-bench
-command="sudo bash bench/run.sh${*:+ $*}"
+# The command as run, with the settings that change what it measures.
+prefix=""
+if [ -n "${HULL_GUEST_DIR:-}" ]; then prefix+="HULL_GUEST_DIR=$HULL_GUEST_DIR "; fi
+if [ "$CARGO_TARGET_DIR" != /var/cache/hull/target ]; then prefix+="CARGO_TARGET_DIR=$CARGO_TARGET_DIR "; fi
+command="sudo ${prefix}bash bench/run.sh${*:+ $*}"
 exec "$CARGO_TARGET_DIR/release/bench-all" --command "$command" "$@"

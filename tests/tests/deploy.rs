@@ -28,6 +28,10 @@ const NODE_LABEL: &str = "hull.dev/runtime";
 /// that deploy/README.md uses.
 const MEASURED_KIB: [u64; 4] = [3256, 2152, 44564, 14336];
 
+/// bench/RESULTS.md's PSS (KiB) per hull pod: hull-vmm and virtiofsd with
+/// guest RAM (KVM test host), and the shim (10 idle pods).
+const BENCH_PSS_KIB: [u64; 2] = [53381, 2305];
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -150,6 +154,11 @@ fn the_runtime_class_names_the_hull_handler_with_its_overhead() {
         memory >= (measured * 1024) as f64,
         "podFixed memory {memory} is below the measured {measured} KiB"
     );
+    let pss: u64 = BENCH_PSS_KIB.iter().sum();
+    assert!(
+        memory >= (pss * 1024) as f64,
+        "podFixed memory {memory} is below the measured PSS {pss} KiB"
+    );
     let cpu = string(class, "overhead.podFixed.cpu");
     let cpu = quantity(cpu).unwrap_or_else(|| panic!("cpu {cpu:?}"));
     assert!(cpu > 0.0 && cpu < 1.0, "cpu {cpu}");
@@ -176,6 +185,23 @@ fn the_runtime_class_names_the_hull_handler_with_its_overhead() {
             "{measured} not stated"
         );
     }
+
+    // The PSS figures it is set from, with their sum and the headroom, as
+    // bench/RESULTS.md measured them.
+    let class_text = read(&deploy("runtimeclass.yaml"));
+    let results = read(&repo().join("bench/RESULTS.md"));
+    for figure in BENCH_PSS_KIB {
+        assert!(
+            class_text.contains(&figure.to_string()),
+            "{figure} not stated in runtimeclass.yaml"
+        );
+        assert!(
+            results.contains(&format!("| {figure} |")) || results.contains(&format!(" {figure},")),
+            "{figure} is not in bench/RESULTS.md"
+        );
+    }
+    assert!(class_text.contains(&pss.to_string()), "{pss} not stated");
+    assert!(class_text.contains("Headroom"), "no headroom stated");
 }
 
 #[test]

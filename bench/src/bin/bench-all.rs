@@ -227,6 +227,15 @@ fn machine(report: &mut Report, config: &Config) {
          hull-vmm runs only in the KVM test host (section 2)",
         accel.as_str()
     ));
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    report.line(&format!(
+        "- load average (1, 5, 15 min) when the run started: {} (not an idle machine when \
+         well above zero: other work shares the cores and the figures are noisier)",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     report.line(&format!(
         "- sizes: {} pod starts per runtime, {} pods for density and memory, {} MiB of dd, \
          {} small files{}",
