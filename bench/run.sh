@@ -2,7 +2,7 @@
 # The whole benchmark run of bench/README.md: builds the release binaries
 # (the shim, hull-vmm, the benchmarks), then runs bench-all, which prints a
 # table and writes bench/RESULTS.md. Arguments go to bench-all (`--quick`
-# for a check that it works; see bench/src/bin/bench-all.rs).
+# for a check that it works; see bench/src/bin/bench-all/main.rs).
 #
 #   sudo bash bench/run.sh [--quick] [--out FILE] [--skip-kvm-host]
 #
