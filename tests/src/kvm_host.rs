@@ -110,6 +110,61 @@ pub fn run(script: &str, memory_mib: u32, timeout: Duration) -> Outcome {
     parse(&console).unwrap_or_else(|| panic!("no HULL-END on the console:\n{console}"))
 }
 
+/// How a test binary re-runs some of its own tests in the test host.
+#[derive(Debug, Clone, Copy)]
+pub struct Rerun<'a> {
+    /// Exact test names; all of them must run and pass.
+    pub tests: &'a [&'a str],
+    /// `NAME=value` words put before the command, telling the inner tests
+    /// where they run.
+    pub env: &'a str,
+    /// The inner tests are `#[ignore]`d ones that only run there.
+    pub include_ignored: bool,
+    /// A tmpfs on /tmp: containerd's overlay snapshots cannot sit on the
+    /// test host's overlay root.
+    pub tmpfs_tmp: bool,
+    pub memory_mib: u32,
+    pub timeout: Duration,
+}
+
+/// Boots the test host and runs `rerun.tests` of the calling test binary in
+/// it, one at a time; panics with the output and console unless every one
+/// of them passed. The guest image directory (`HULL_GUEST_DIR`) goes along
+/// when set. Returns the output for further checks.
+pub fn rerun_tests(rerun: Rerun<'_>) -> String {
+    let exe = std::env::current_exe().expect("test binary");
+    let mut script =
+        String::from("export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n");
+    if rerun.tmpfs_tmp {
+        script.push_str("mount -t tmpfs tmpfs /tmp\n");
+    }
+    if let Ok(dir) = std::env::var("HULL_GUEST_DIR") {
+        script.push_str(&format!("export HULL_GUEST_DIR={dir}\n"));
+    }
+    script.push_str(&format!(
+        "{} RUST_BACKTRACE=1 {} --exact --nocapture --test-threads 1{} {}\n",
+        rerun.env,
+        exe.display(),
+        if rerun.include_ignored {
+            " --include-ignored"
+        } else {
+            ""
+        },
+        rerun.tests.join(" ")
+    ));
+    let outcome = run(&script, rerun.memory_mib, rerun.timeout);
+    println!("{}", outcome.output);
+    assert_eq!(
+        outcome.exit_code, 0,
+        "output:\n{}\nconsole:\n{}",
+        outcome.output, outcome.console
+    );
+    // The inner tests ran, rather than being filtered out.
+    let passed = format!("test result: ok. {} passed", rerun.tests.len());
+    assert!(outcome.output.contains(&passed), "{}", outcome.output);
+    outcome.output
+}
+
 fn wait_for(socket: &Path, helper: &mut Helper) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !socket.exists() {

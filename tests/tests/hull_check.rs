@@ -259,31 +259,17 @@ fn image_build_runs_the_source_trees_script_and_reports_failure() {
 
 #[test]
 fn check_in_the_kvm_test_host_picks_hull_vmm_with_hardware_kvm() {
-    let exe = std::env::current_exe().expect("test binary");
-    let script = format!(
-        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
-         {INSIDE}=1 RUST_BACKTRACE=1 {} --exact --include-ignored --nocapture --test-threads 1 inside_the_kvm_test_host",
-        exe.display()
-    );
-    let outcome = kvm_host::run(&script, 2048, Duration::from_secs(400));
-    println!("{}", outcome.output);
-    assert_eq!(
-        outcome.exit_code, 0,
-        "output:\n{}\nconsole:\n{}",
-        outcome.output, outcome.console
-    );
-    // The inner test ran, rather than being filtered out.
+    let output = kvm_host::rerun_tests(kvm_host::Rerun {
+        tests: &["inside_the_kvm_test_host"],
+        env: &format!("{INSIDE}=1"),
+        include_ignored: true,
+        tmpfs_tmp: false,
+        memory_mib: 2048,
+        timeout: Duration::from_secs(400),
+    });
     assert!(
-        outcome.output.contains("test result: ok. 1 passed"),
-        "{}",
-        outcome.output
-    );
-    assert!(
-        outcome
-            .output
-            .contains("verdict: Hull can run here with backend hull (accel kvm)"),
-        "{}",
-        outcome.output
+        output.contains("verdict: Hull can run here with backend hull (accel kvm)"),
+        "{output}"
     );
 }
 

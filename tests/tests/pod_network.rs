@@ -293,26 +293,12 @@ fn pods_reach_each_other_with_the_hull_backend_in_the_kvm_test_host() {
     if std::env::var_os(EXPECT_BACKEND).is_some() {
         return; // already inside
     }
-    let exe = std::env::current_exe().expect("test binary");
-    // The same guest image as out here, when a run chose its own.
-    let guest_dir = std::env::var("HULL_GUEST_DIR")
-        .map(|dir| format!("HULL_GUEST_DIR={dir} "))
-        .unwrap_or_default();
-    let script = format!(
-        "mount -t tmpfs tmpfs /tmp\n{guest_dir}{EXPECT_BACKEND}=hull-vmm RUST_BACKTRACE=1 {} --exact --test-threads 1 --nocapture \
-         hull_pods_reach_a_peer_are_reached_and_reach_each_other",
-        exe.display()
-    );
-    let outcome = kvm_host::run(&script, 3072, Duration::from_secs(1200));
-    println!("{}", outcome.output);
-    assert_eq!(
-        outcome.exit_code, 0,
-        "output:\n{}\nconsole:\n{}",
-        outcome.output, outcome.console
-    );
-    assert!(
-        outcome.output.contains("test result: ok. 1 passed"),
-        "{}",
-        outcome.output
-    );
+    kvm_host::rerun_tests(kvm_host::Rerun {
+        tests: &["hull_pods_reach_a_peer_are_reached_and_reach_each_other"],
+        env: &format!("{EXPECT_BACKEND}=hull-vmm"),
+        include_ignored: false,
+        tmpfs_tmp: true,
+        memory_mib: 3072,
+        timeout: Duration::from_secs(1200),
+    });
 }

@@ -588,23 +588,16 @@ fn the_shim_runs_pods_with_the_hull_backend_in_the_kvm_test_host() {
     if std::env::var_os(EXPECT_BACKEND).is_some() {
         return; // already inside
     }
-    let exe = std::env::current_exe().expect("test binary");
-    let script = format!(
-        "mount -t tmpfs tmpfs /tmp\n{EXPECT_BACKEND}=hull-vmm RUST_BACKTRACE=1 {} --exact --test-threads 1 --nocapture \
-         ctr_runs_exec_kill_and_tty_in_a_hull a_cri_pod_runs_two_containers_in_one_vm \
-         a_killed_vmm_ends_the_task_with_an_error_and_is_cleaned_up",
-        exe.display()
-    );
-    let outcome = kvm_host::run(&script, 3072, Duration::from_secs(1200));
-    println!("{}", outcome.output);
-    assert_eq!(
-        outcome.exit_code, 0,
-        "output:\n{}\nconsole:\n{}",
-        outcome.output, outcome.console
-    );
-    assert!(
-        outcome.output.contains("test result: ok. 3 passed"),
-        "{}",
-        outcome.output
-    );
+    kvm_host::rerun_tests(kvm_host::Rerun {
+        tests: &[
+            "ctr_runs_exec_kill_and_tty_in_a_hull",
+            "a_cri_pod_runs_two_containers_in_one_vm",
+            "a_killed_vmm_ends_the_task_with_an_error_and_is_cleaned_up",
+        ],
+        env: &format!("{EXPECT_BACKEND}=hull-vmm"),
+        include_ignored: false,
+        tmpfs_tmp: true,
+        memory_mib: 3072,
+        timeout: Duration::from_secs(1200),
+    });
 }

@@ -21,25 +21,15 @@ const INSIDE: &str = "HULL_INSIDE_KVM_TEST_HOST";
 
 #[test]
 fn the_hull_backend_runs_a_container_in_the_kvm_test_host() {
-    let exe = std::env::current_exe().expect("test binary");
-    let script = format!(
-        "{INSIDE}=1 RUST_BACKTRACE=1 {} --exact --include-ignored --nocapture --test-threads 1 inside_the_kvm_test_host",
-        exe.display()
-    );
-    let outcome = kvm_host::run(&script, 2048, Duration::from_secs(600));
-    println!("{}", outcome.output);
-    assert_eq!(
-        outcome.exit_code, 0,
-        "output:\n{}\nconsole:\n{}",
-        outcome.output, outcome.console
-    );
-    // The inner test ran, rather than being filtered out.
-    assert!(
-        outcome.output.contains("test result: ok. 1 passed"),
-        "{}",
-        outcome.output
-    );
-    assert!(outcome.output.contains("hello from a hull-vmm guest"));
+    let output = kvm_host::rerun_tests(kvm_host::Rerun {
+        tests: &["inside_the_kvm_test_host"],
+        env: &format!("{INSIDE}=1"),
+        include_ignored: true,
+        tmpfs_tmp: false,
+        memory_mib: 2048,
+        timeout: Duration::from_secs(600),
+    });
+    assert!(output.contains("hello from a hull-vmm guest"), "{output}");
 }
 
 fn process_alive(pid: u32) -> bool {

@@ -79,13 +79,7 @@ fn tap_name(position: usize) -> String {
 /// On failure whatever was set up is undone.
 pub fn attach(netns: &Path) -> Result<Attached, NetworkError> {
     let path = netns.to_owned();
-    netns::run_in(netns, move || async move {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().map_err(|source| NetworkError::Io {
-                context: "a netlink socket".into(),
-                source,
-            })?;
-        let connection = tokio::spawn(connection);
+    netns::run_in(netns, move |handle| async move {
         let mut network = PodNetwork {
             netns: path,
             mirrored: Vec::new(),
@@ -94,7 +88,6 @@ pub fn attach(netns: &Path) -> Result<Attached, NetworkError> {
         if result.is_err() {
             network.remove_all(&handle).await;
         }
-        connection.abort();
         let (taps, interfaces, routes) = result?;
         let devices = taps
             .into_iter()
@@ -166,23 +159,11 @@ impl PodNetwork {
             return;
         }
         let netns = self.netns.clone();
-        let result = netns::run_in(&netns, move || async move {
-            let (connection, handle, _) =
-                rtnetlink::new_connection().map_err(|source| NetworkError::Io {
-                    context: "a netlink socket".into(),
-                    source,
-                })?;
-            let connection = tokio::spawn(connection);
+        let result = netns::run_in(&netns, move |handle| async move {
             self.remove_all(&handle).await;
-            connection.abort();
             Ok(())
         });
-        match result {
-            Ok(()) => {}
-            Err(NetworkError::Netns { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => tracing::warn!(%err, "removing the pod's tc mirroring"),
-        }
+        warn_unless_gone(result, "removing the pod's tc mirroring");
     }
 
     async fn remove_all(&self, handle: &Handle) {
@@ -200,13 +181,7 @@ impl PodNetwork {
 /// in `netns` is removed.
 pub fn clean_up(netns: &Path) {
     let path = netns.to_owned();
-    let result = netns::run_in(netns, move || async move {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().map_err(|source| NetworkError::Io {
-                context: "a netlink socket".into(),
-                source,
-            })?;
-        let connection = tokio::spawn(connection);
+    let result = netns::run_in(netns, move |handle| async move {
         let found = discover::interfaces(&handle).await;
         if let Ok(interfaces) = &found {
             let network = PodNetwork {
@@ -218,14 +193,18 @@ pub fn clean_up(netns: &Path) {
             };
             network.remove_all(&handle).await;
         }
-        connection.abort();
         found.map(drop)
     });
+    warn_unless_gone(result, "cleaning up the pod's network");
+}
+
+/// A namespace that is gone already (CRI removed it) left nothing to undo.
+fn warn_unless_gone(result: Result<(), NetworkError>, what: &str) {
     match result {
         Ok(()) => {}
         Err(NetworkError::Netns { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => tracing::warn!(%err, "cleaning up the pod's network"),
+        Err(err) => tracing::warn!(%err, "{what}"),
     }
 }
 

@@ -10,16 +10,17 @@ use std::fs::File;
 use std::path::Path;
 
 use nix::sched::{CloneFlags, setns};
+use rtnetlink::Handle;
 
 use super::NetworkError;
 
 /// Runs `work` on a new thread inside the network namespace at `netns`,
-/// with a single-threaded tokio runtime for rtnetlink, and returns its
-/// result.
+/// with a netlink connection opened there (on a single-threaded tokio
+/// runtime), and returns its result.
 pub fn run_in<T, F, Fut>(netns: &Path, work: F) -> Result<T, NetworkError>
 where
     T: Send + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<T, NetworkError>>,
 {
     let file = File::open(netns).map_err(|source| NetworkError::Netns {
@@ -41,7 +42,17 @@ where
                     context: "a runtime for netlink".into(),
                     source,
                 })?;
-            runtime.block_on(work())
+            runtime.block_on(async move {
+                let (connection, handle, _) =
+                    rtnetlink::new_connection().map_err(|source| NetworkError::Io {
+                        context: "a netlink socket".into(),
+                        source,
+                    })?;
+                let connection = tokio::spawn(connection);
+                let result = work(handle).await;
+                connection.abort();
+                result
+            })
         })
         .map_err(|source| NetworkError::Io {
             context: "starting the network namespace thread".into(),
