@@ -37,19 +37,26 @@ pub(super) fn shims(socket: &Path) -> Vec<(i32, Option<PathBuf>)> {
         if !is_shim || flag(b"-address") != Some(address) {
             continue;
         }
-        let shim_socket = flag(b"-namespace").zip(flag(b"-id")).map(|(ns, id)| {
-            let mut key = address.to_vec();
-            for part in [ns, id] {
-                key.push(b'/');
-                key.extend_from_slice(part);
-            }
-            let digest = Sha256::digest(&key);
-            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-            PathBuf::from(SHIM_SOCKET_DIR).join(hex)
-        });
+        let shim_socket = flag(b"-namespace")
+            .zip(flag(b"-id"))
+            .map(|(ns, id)| shim_socket_of(address, ns, id));
         shims.push((pid, shim_socket));
     }
     shims
+}
+
+/// Where containerd 1.6 has the shim for task `id` in `namespace` of the
+/// containerd at `address` listen: /run/containerd/s/HEX, HEX being the
+/// SHA-256 of `ADDRESS/NAMESPACE/ID`.
+pub fn shim_socket_of(address: &[u8], namespace: &[u8], id: &[u8]) -> PathBuf {
+    let mut key = address.to_vec();
+    for part in [namespace, id] {
+        key.push(b'/');
+        key.extend_from_slice(part);
+    }
+    let digest = Sha256::digest(&key);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    PathBuf::from(SHIM_SOCKET_DIR).join(hex)
 }
 
 /// Mount points at or under `dir`, deepest first.

@@ -27,7 +27,7 @@ mod host;
 
 pub use cleanup::clean_up_stale;
 use cleanup::{bridge_name, clean_up_after};
-pub use host::{cgroup_dirs, mounts_under, process_state, shim_pids};
+pub use host::{cgroup_dirs, mounts_under, process_state, shim_pids, shim_socket_of};
 
 /// The containerd namespace the CRI plugin uses.
 pub const CRI_NAMESPACE: &str = "k8s.io";
