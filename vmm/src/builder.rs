@@ -9,6 +9,7 @@ use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use crate::caps::CapsError;
 use crate::control::{ControlServer, VcpuKicker};
 use crate::devices::Bus;
 use crate::devices::bus::Overlap;
@@ -22,6 +23,7 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::memory::{self, MemoryError};
+use crate::seccomp::SeccompError;
 use crate::timeline::TimelineRecorder;
 use crate::vstate::run_control::RunControl;
 use crate::vstate::threads::{VcpuResult, VcpuThreads, install_kick_handler};
@@ -69,6 +71,21 @@ pub struct VmmConfig {
     pub net: Vec<NetConfig>,
     /// Where the control channel listens (see [`crate::control`]).
     pub api_socket: Option<PathBuf>,
+    /// What the VMM gives up once it is set up, before the guest runs.
+    pub confinement: Confinement,
+}
+
+/// What [`run`] gives up after set-up. Both are off for library callers
+/// (they would confine the caller's own process); the `hull-vmm` binary
+/// turns both on (`--no-seccomp` leaves the filter off, for debugging).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Confinement {
+    /// Empty every capability set and set no_new_privs
+    /// ([`crate::caps::drop_all`]). Capabilities are per thread, so
+    /// [`run`] must then be called on the process's only thread.
+    pub drop_capabilities: bool,
+    /// Install the seccomp filter ([`crate::seccomp`]) on every thread.
+    pub seccomp: bool,
 }
 
 impl VmmConfig {
@@ -83,6 +100,7 @@ impl VmmConfig {
             fs: None,
             net: Vec::new(),
             api_socket: None,
+            confinement: Confinement::default(),
         }
     }
 }
@@ -126,6 +144,10 @@ pub enum BuildError {
     Vsock(#[from] VsockError),
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error(transparent)]
+    Caps(#[from] CapsError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     #[error("{what}: {source}")]
     Kvm {
         what: &'static str,
@@ -302,7 +324,13 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
 
     timeline.vm_built();
 
-    // 6. The control channel, before any guest code runs, so a pause or
+    // 6. Set-up is done and this is still the only thread: every
+    // capability goes, so every thread started from here on has none.
+    if config.confinement.drop_capabilities {
+        crate::caps::drop_all()?;
+    }
+
+    // 7. The control channel, before any guest code runs, so a pause or
     // stop can come at any point of the boot.
     install_kick_handler().map_err(io("installing the vCPU kick signal handler"))?;
     let control = Arc::new(RunControl::new(vcpus.len()));
@@ -320,7 +348,14 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
         None => None,
     };
 
-    // 7. Each vCPU in its own thread, entering the guest.
+    // 8. The seccomp filter, on every thread (the control channel's too),
+    // before the first guest instruction; threads started later (the
+    // vCPUs', the devices') inherit it.
+    if config.confinement.seccomp {
+        crate::seccomp::install(&crate::seccomp::filter()?)?;
+    }
+
+    // 9. Each vCPU in its own thread, entering the guest.
     let (exits, first_exit) = mpsc::channel::<VcpuResult>();
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
     for (id, mut vcpu) in vcpus.drain(..).enumerate() {
@@ -354,7 +389,7 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
     }
     drop(exits);
 
-    // 8. The first vCPU to stop ends the VM for all of them.
+    // 10. The first vCPU to stop ends the VM for all of them.
     let result = first_exit.recv().unwrap_or(Ok(VcpuExitReason::Stopped));
     if let Err(err) = control.stop(|| threads.kick(), STOP_TIMEOUT) {
         tracing::error!(%err, "stopping the vCPUs");

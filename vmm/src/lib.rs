@@ -10,13 +10,17 @@
 
 pub mod arch;
 pub mod builder;
+pub mod caps;
 pub mod control;
 pub mod devices;
 pub mod memory;
+pub mod seccomp;
 pub mod timeline;
 pub mod vstate;
 
-pub use builder::{Boot, BuildError, FsConfig, VIRTIO_MMIO_BASE, VmmConfig, VsockConfig, run};
+pub use builder::{
+    Boot, BuildError, Confinement, FsConfig, VIRTIO_MMIO_BASE, VmmConfig, VsockConfig, run,
+};
 pub use devices::virtio::net::NetConfig;
 pub use timeline::BootTimeline;
 pub use vstate::run_control::RunState;

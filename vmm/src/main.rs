@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use hull_vmm::{Boot, FsConfig, NetConfig, VcpuExitReason, VmmConfig, VsockConfig};
+use hull_vmm::{Boot, Confinement, FsConfig, NetConfig, VcpuExitReason, VmmConfig, VsockConfig};
 
 /// The kernel command line every Hull guest gets; the virtio-mmio devices
 /// are appended. A reset (`reboot=k`) ends the VM.
@@ -59,6 +59,11 @@ struct Cli {
     /// least 68) is what the guest is told to use.
     #[arg(long = "net", value_name = "SPEC", value_parser = clap::value_parser!(NetConfig))]
     net: Vec<NetConfig>,
+    /// Do not install the seccomp filter (for debugging, e.g. under strace
+    /// to find a system call the filter lacks). Capabilities are dropped
+    /// all the same.
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,6 +91,10 @@ fn main() -> anyhow::Result<()> {
         socket_path,
     });
     config.net = cli.net;
+    config.confinement = Confinement {
+        drop_capabilities: true,
+        seccomp: !cli.no_seccomp,
+    };
     config.vsock = cli.vsock_uds.map(|uds_path| VsockConfig {
         guest_cid: cli.vsock_cid,
         uds_path,
