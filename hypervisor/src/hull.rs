@@ -1,6 +1,8 @@
 //! The `hull` backend: Hull's own VMM, `hull-vmm`, with `virtiofsd` for the
 //! shared directory. Its vsock device speaks hybrid vsock itself, so unlike
-//! QEMU it needs no vhost-device-vsock.
+//! QEMU it needs no vhost-device-vsock. hull-vmm runs jailed in the VM's
+//! work directory (`--jail`), with no capabilities and under its seccomp
+//! filter.
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -77,6 +79,10 @@ impl HullVmm {
                 .args(["--fs-tag", SHARED_FS_TAG])
                 .arg("--api-socket")
                 .arg(&api_socket)
+                // The work directory holds every socket it uses, so it is
+                // all the VMM needs to see.
+                .arg("--jail")
+                .arg(work_dir.path())
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(work_dir.log_file("hull-vmm.log")?),

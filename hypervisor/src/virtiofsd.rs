@@ -25,6 +25,10 @@ pub(crate) fn start(
             .arg("--shared-dir")
             .arg(shared_dir)
             .args(["--cache", "auto", "--log-level", "warn"])
+            // Its defaults, stated because the guest's reach depends on
+            // them: a mount namespace pivoted into `shared_dir` and a
+            // seccomp filter that kills it on anything else.
+            .args(["--sandbox", "namespace", "--seccomp", "kill"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(work_dir.log_file("virtiofsd.log")?),

@@ -96,7 +96,22 @@ pub fn run(script: &str, memory_mib: u32, timeout: Duration) -> Outcome {
     let mut stdout = qemu.child().stdout.take().expect("console pipe");
     let reader = std::thread::spawn(move || {
         let mut console = Vec::new();
-        let _ = stdout.read_to_end(&mut console);
+        // A live copy, to watch a long run or one that hangs.
+        let mut live = std::env::var_os("HULL_KVM_HOST_CONSOLE")
+            .and_then(|path| std::fs::File::create(path).ok());
+        let mut chunk = [0u8; 4096];
+        loop {
+            let read = match stdout.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(read) => read,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            console.extend_from_slice(&chunk[..read]);
+            if let Some(file) = live.as_mut() {
+                let _ = std::io::Write::write_all(file, &chunk[..read]);
+            }
+        }
         String::from_utf8_lossy(&console).into_owned()
     });
     let finished = qemu.wait_timeout(timeout);

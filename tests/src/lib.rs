@@ -3,6 +3,7 @@
 //! locally built OCI images, a private containerd and a CRI client.
 
 pub mod agent;
+pub mod confinement;
 pub mod containerd;
 pub mod cri;
 pub mod driver;

@@ -51,6 +51,8 @@ async fn inside_the_kvm_test_host() {
     // Two vCPUs: the guest finds the second one through the MP table.
     let mut vm = TestVm::boot_with(backend, 2).await;
     assert_eq!(vm.vm().vmm_name(), "hull-vmm");
+    // Jailed, without capabilities, under its filter; virtiofsd sandboxed.
+    hull_tests::confinement::assert_helpers_confined(vm.vm(), &vm.config.shared_dir);
 
     // The boot timeline: VMM start, kernel entry, agent ready.
     let timeline = vm.vm().timeline();

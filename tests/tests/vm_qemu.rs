@@ -26,6 +26,9 @@ async fn a_guest_runs_containers_from_virtio_fs_and_stops_clean() {
     println!("boot timeline: {timeline}");
     assert!(timeline.first_console_line.is_some() && timeline.agent_ready.is_some());
 
+    // 0. QEMU under its own seccomp filter, virtiofsd in its sandbox.
+    hull_tests::confinement::assert_helpers_confined(vm.vm(), &vm.config.shared_dir);
+
     // 1. Boot and run.
     let health = vm.health().await;
     assert_eq!(health.api_version, api::API_VERSION);

@@ -13,6 +13,7 @@ pub mod builder;
 pub mod caps;
 pub mod control;
 pub mod devices;
+pub mod jail;
 pub mod memory;
 pub mod seccomp;
 pub mod timeline;

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use hull_vmm::jail::JailPaths;
 use hull_vmm::{Boot, Confinement, FsConfig, NetConfig, VcpuExitReason, VmmConfig, VsockConfig};
 
 /// The kernel command line every Hull guest gets; the virtio-mmio devices
@@ -64,6 +65,39 @@ struct Cli {
     /// all the same.
     #[arg(long)]
     no_seccomp: bool,
+    /// Run in a PID and a mount namespace of its own, with DIR as the root
+    /// (the kernel, the initrd, /dev/kvm and a /proc mounted in) and tight
+    /// rlimits. The sockets and a console log file must be inside DIR. The
+    /// started process stays outside, waits, and ends as the VMM ends.
+    #[arg(long, value_name = "DIR")]
+    jail: Option<PathBuf>,
+}
+
+impl Cli {
+    /// Moves into the jail, if asked, and takes the paths as seen from
+    /// inside. Returns only in the process that runs the VM.
+    fn enter_jail(mut self) -> anyhow::Result<Self> {
+        let Some(root) = self.jail.take() else {
+            return Ok(self);
+        };
+        let inside = hull_vmm::jail::enter(&JailPaths {
+            root,
+            kernel: self.kernel,
+            initrd: self.initrd,
+            console_log: self.console_log,
+            api_socket: self.api_socket,
+            vsock_uds: self.vsock_uds,
+            fs_socket: self.fs_socket,
+        })
+        .context("entering the jail")?;
+        self.kernel = inside.kernel;
+        self.initrd = inside.initrd;
+        self.console_log = inside.console_log;
+        self.api_socket = inside.api_socket;
+        self.vsock_uds = inside.vsock_uds;
+        self.fs_socket = inside.fs_socket;
+        Ok(self)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,7 +108,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = Cli::parse().enter_jail()?;
     let mut config = VmmConfig::new(
         cli.memory_mib,
         Boot::Linux {

@@ -1,7 +1,8 @@
 //! The seccomp filter `hull-vmm` runs under once it is set up.
 //!
-//! It allows the system calls the running VMM makes and kills the whole
-//! process (`SECCOMP_RET_KILL_PROCESS`) on any other: KVM and device
+//! It allows the system calls the running VMM makes and ends the whole
+//! process by SIGSYS on any other, after [`report`] writes the call's
+//! number to stderr: KVM and device
 //! ioctls, epoll and eventfds, reads and writes, memory management, futexes,
 //! clocks, signals for the vCPU kick, new threads (devices start theirs when
 //! the guest activates them), and the Unix-socket calls of the control
@@ -25,6 +26,8 @@ pub enum SeccompError {
     Build(#[source] seccompiler::BackendError),
     #[error("installing the seccomp filter: {0}")]
     Install(#[source] seccompiler::Error),
+    #[error("installing the SIGSYS handler: {0}")]
+    Handler(#[source] std::io::Error),
 }
 
 /// Allowed whatever their arguments.
@@ -126,20 +129,18 @@ pub fn filter() -> Result<BpfProgram, SeccompError> {
         rules.insert(nr, vec![unix]);
     }
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(SeccompError::Build)?;
-    SeccompFilter::new(
-        rules,
-        SeccompAction::KillProcess,
-        SeccompAction::Allow,
-        arch,
-    )
-    .and_then(BpfProgram::try_from)
-    .map_err(SeccompError::Build)
+    SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch)
+        .and_then(BpfProgram::try_from)
+        .map_err(SeccompError::Build)
 }
 
-/// Sets no_new_privs and installs `filter` on every thread of the process.
+/// Installs the SIGSYS reporter, sets no_new_privs and installs `filter`
+/// on every thread of the process.
 pub fn install(filter: &BpfProgram) -> Result<(), SeccompError> {
+    report::install_handler().map_err(SeccompError::Handler)?;
     seccompiler::apply_filter_all_threads(filter).map_err(SeccompError::Install)
 }
 
+mod report;
 #[cfg(test)]
 mod tests;

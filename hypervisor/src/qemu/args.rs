@@ -43,6 +43,12 @@ pub fn qemu_args(
     ]);
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
     push(&["-serial", "stdio", "-no-reboot"]);
+    // QEMU's own seccomp filter: no obsolete system calls, no setuid or
+    // new capabilities, no fork or exec, no scheduler or affinity changes.
+    push(&[
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    ]);
     push(&["-append", &cmdline]);
     push(&[
         "-chardev",
@@ -113,6 +119,10 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("-accel tcg -cpu max"), "{line}");
+        assert!(
+            line.contains("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny"),
+            "{line}"
+        );
         assert!(
             line.contains("memory-backend-memfd,id=mem,size=256M,share=on"),
             "{line}"

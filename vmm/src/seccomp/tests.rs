@@ -90,3 +90,9 @@ fn opening_a_file_kills_the_process() {
     });
     assert!(killed_by_sigsys(status), "status {status:#x}");
 }
+
+#[test]
+fn the_reporters_way_to_die_is_outside_the_filter() {
+    assert!(!super::ALLOWED.contains(&super::report::DIES_BY));
+    assert!(!super::UNIX_ONLY.contains(&super::report::DIES_BY));
+}
