@@ -23,6 +23,10 @@ pub enum AgentError {
     #[error("{0}")]
     FailedPrecondition(String),
 
+    /// The sandbox's policy forbids this RPC.
+    #[error("{0} is denied by the sandbox's agent policy")]
+    Denied(&'static str),
+
     /// The container runtime (libcontainer, through the runtime helper) refused.
     #[error("runtime: {0}")]
     Runtime(String),
@@ -60,6 +64,7 @@ impl AgentError {
             Self::NotFound { .. } | Self::Exited(_) => Code::NotFound,
             Self::AlreadyExists { .. } => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::Denied(_) => Code::PermissionDenied,
             Self::Runtime(_) | Self::Io { .. } => Code::Internal,
         }
     }

@@ -10,6 +10,7 @@ pub mod guest;
 pub mod ids;
 pub mod init;
 pub mod network;
+pub mod policy;
 pub mod reaper;
 pub mod rpc;
 pub mod runtime;

@@ -25,6 +25,13 @@ fn answer<T>(result: crate::error::Result<T>) -> RpcResult<T> {
     })
 }
 
+impl AgentRpc {
+    /// The sandbox's policy may deny the RPC (see [`crate::policy`]).
+    fn allowed(&self, rpc: &'static str) -> Result<(), Status> {
+        self.0.allow(rpc).map_err(Status::from)
+    }
+}
+
 #[tonic::async_trait]
 impl AgentApi for AgentRpc {
     async fn health(&self, _: Request<api::HealthRequest>) -> RpcResult<api::HealthResponse> {
@@ -56,6 +63,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::CreateContainerRequest>,
     ) -> RpcResult<api::CreateContainerResponse> {
+        self.allowed("CreateContainer")?;
         answer(self.0.create_container(request.into_inner()).await)
     }
 
@@ -63,6 +71,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::StartContainerRequest>,
     ) -> RpcResult<api::StartContainerResponse> {
+        self.allowed("StartContainer")?;
         answer(self.0.start_container(request.into_inner()).await)
     }
 
@@ -70,6 +79,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::RemoveContainerRequest>,
     ) -> RpcResult<api::RemoveContainerResponse> {
+        self.allowed("RemoveContainer")?;
         answer(self.0.remove_container(request.into_inner()).await)
     }
 
@@ -77,6 +87,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::PauseContainerRequest>,
     ) -> RpcResult<api::PauseContainerResponse> {
+        self.allowed("PauseContainer")?;
         answer(self.0.pause_container(request.into_inner()).await)
     }
 
@@ -84,6 +95,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::ResumeContainerRequest>,
     ) -> RpcResult<api::ResumeContainerResponse> {
+        self.allowed("ResumeContainer")?;
         answer(self.0.resume_container(request.into_inner()).await)
     }
 
@@ -91,6 +103,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::UpdateContainerRequest>,
     ) -> RpcResult<api::UpdateContainerResponse> {
+        self.allowed("UpdateContainer")?;
         answer(self.0.update_container(request.into_inner()).await)
     }
 
@@ -98,6 +111,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::StatsContainerRequest>,
     ) -> RpcResult<api::StatsContainerResponse> {
+        self.allowed("StatsContainer")?;
         answer(self.0.stats_container(request.into_inner()).await)
     }
 
@@ -105,6 +119,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::ExecProcessRequest>,
     ) -> RpcResult<api::ExecProcessResponse> {
+        self.allowed("ExecProcess")?;
         answer(self.0.exec_process(request.into_inner()).await)
     }
 
@@ -112,6 +127,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::SignalProcessRequest>,
     ) -> RpcResult<api::SignalProcessResponse> {
+        self.allowed("SignalProcess")?;
         answer(self.0.signal_process(request.into_inner()).await)
     }
 
@@ -119,6 +135,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::WaitProcessRequest>,
     ) -> RpcResult<api::WaitProcessResponse> {
+        self.allowed("WaitProcess")?;
         answer(self.0.wait_process(request.into_inner()).await)
     }
 
@@ -126,6 +143,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::ListProcessesRequest>,
     ) -> RpcResult<api::ListProcessesResponse> {
+        self.allowed("ListProcesses")?;
         answer(self.0.list_processes(request.into_inner()).await)
     }
 
@@ -135,6 +153,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::ReadOutputRequest>,
     ) -> RpcResult<Self::ReadOutputStream> {
+        self.allowed("ReadOutput")?;
         let output = self.0.read_output(request.into_inner());
         answer(output.map(|bytes| -> Self::ReadOutputStream {
             bytes
@@ -151,6 +170,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<Streaming<api::StdinChunk>>,
     ) -> RpcResult<api::WriteStdinResponse> {
+        self.allowed("WriteStdin")?;
         let chunks = request.into_inner().map(|chunk| {
             chunk.map_err(|status| AgentError::Runtime(format!("stdin stream: {status}")))
         });
@@ -161,6 +181,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::CloseStdinRequest>,
     ) -> RpcResult<api::CloseStdinResponse> {
+        self.allowed("CloseStdin")?;
         answer(self.0.close_stdin(request.into_inner()).await)
     }
 
@@ -168,6 +189,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::ResizeTtyRequest>,
     ) -> RpcResult<api::ResizeTtyResponse> {
+        self.allowed("ResizeTty")?;
         answer(self.0.resize_tty(request.into_inner()))
     }
 
@@ -177,6 +199,7 @@ impl AgentApi for AgentRpc {
         &self,
         _: Request<api::OomEventsRequest>,
     ) -> RpcResult<Self::OomEventsStream> {
+        self.allowed("OomEvents")?;
         // A subscriber that falls behind loses the oldest events rather than
         // stalling the watchers; the stream says so in the log.
         let events = BroadcastStream::new(self.0.oom_events()).filter_map(|event| async move {

@@ -30,6 +30,7 @@ struct File {
     max_memory_mib: Option<u32>,
     log_level: Option<String>,
     state_dir: Option<PathBuf>,
+    agent_policy_file: Option<PathBuf>,
 }
 
 /// The checked configuration, defaults filled in.
@@ -47,6 +48,9 @@ pub struct Config {
     pub log_level: String,
     /// Where each pod gets its directory (shared directory, sockets, logs).
     pub state_dir: PathBuf,
+    /// RPCs the agent refuses (see [`crate::policy`]); read at each pod's
+    /// creation.
+    pub agent_policy_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -62,6 +66,7 @@ impl Default for Config {
             max_memory_mib: 16384,
             log_level: "info".into(),
             state_dir: PathBuf::from("/run/hull"),
+            agent_policy_file: None,
         }
     }
 }
@@ -97,6 +102,7 @@ impl Config {
             max_memory_mib: file.max_memory_mib.unwrap_or(defaults.max_memory_mib),
             log_level: file.log_level.unwrap_or(defaults.log_level),
             state_dir: file.state_dir.unwrap_or(defaults.state_dir),
+            agent_policy_file: file.agent_policy_file,
         };
         config.check()?;
         Ok(config)
@@ -143,6 +149,14 @@ impl Config {
                     format!("{} is not an absolute path", path.display()),
                 ));
             }
+        }
+        if let Some(path) = &self.agent_policy_file
+            && !path.is_absolute()
+        {
+            return Err(ShimError::invalid(
+                "agent_policy_file",
+                format!("{} is not an absolute path", path.display()),
+            ));
         }
         if self.hull_vmm.is_empty() {
             return Err(ShimError::invalid("hull_vmm", "is empty"));
@@ -268,6 +282,7 @@ max_vcpus = 4
 max_memory_mib = 1024
 log_level = "debug"
 state_dir = "/run/h"
+agent_policy_file = "/etc/hull/p.toml"
 "#,
         )
         .expect("parse");
@@ -275,6 +290,10 @@ state_dir = "/run/h"
         assert_eq!((config.default_vcpus, config.default_memory_mib), (2, 256));
         assert_eq!((config.max_vcpus, config.max_memory_mib), (4, 1024));
         assert_eq!(config.state_dir, PathBuf::from("/run/h"));
+        assert_eq!(
+            config.agent_policy_file,
+            Some(PathBuf::from("/etc/hull/p.toml"))
+        );
     }
 
     #[test]
@@ -291,6 +310,7 @@ state_dir = "/run/h"
             ("max_memory_mib = 1", "max_memory_mib"),
             ("log_level = \"loud\"", "log_level"),
             ("state_dir = \"run\"", "state_dir"),
+            ("agent_policy_file = \"policy.toml\"", "agent_policy_file"),
             ("default_vcpus = \"two\"", "default_vcpus"),
             ("vcpus = 2", "vcpus"),
         ] {

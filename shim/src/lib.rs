@@ -19,6 +19,7 @@ pub mod logging;
 pub mod mounts;
 pub mod network;
 pub mod pod;
+pub mod policy;
 pub mod serve;
 pub mod service;
 pub mod shim;

@@ -173,6 +173,12 @@ impl Pod {
             }),
             qemu => qemu,
         };
+        // Read before the VM boots: a bad file fails the pod at once.
+        let policy = config
+            .agent_policy_file
+            .as_deref()
+            .map(crate::policy::load)
+            .transpose()?;
         let vm_config = VmConfig {
             kernel: config.kernel.clone(),
             initrd: config.initrd.clone(),
@@ -208,6 +214,7 @@ impl Pod {
                 }],
                 interfaces: network.interfaces,
                 routes: network.routes,
+                policy,
                 ..Default::default()
             })
             .await?;

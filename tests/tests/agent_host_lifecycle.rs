@@ -439,6 +439,7 @@ async fn sandbox_files_and_read_only_shares() {
             hosts: vec!["10.0.0.5 db".into()],
             interfaces: vec![],
             routes: vec![],
+            policy: None,
         })
         .await
         .expect("create sandbox")
@@ -531,4 +532,68 @@ async fn guest_details_describe_the_host_in_test_mode() {
     assert_eq!(details.cgroup_mode, "v2");
     assert!(!details.pid1);
     assert!(details.online_cpus >= 1 && details.memory_total_bytes > 0);
+}
+
+#[tokio::test]
+async fn the_sandbox_policy_denies_exec_and_names_what_it_cannot_deny() {
+    let mut agent = TestAgent::start().await;
+    let policy = |names: &[&str]| api::CreateSandboxRequest {
+        policy: Some(api::AgentPolicy {
+            denied_rpcs: names.iter().map(|name| (*name).to_owned()).collect(),
+        }),
+        ..Default::default()
+    };
+    // A typo or an RPC the host needs is refused, by index, and the
+    // sandbox can still be created after.
+    let typo = agent
+        .client
+        .create_sandbox(policy(&["ExecProcess", "Exec"]))
+        .await;
+    assert_status(typo, Code::InvalidArgument, "policy.denied_rpcs[1]");
+    let needed = agent
+        .client
+        .create_sandbox(policy(&["DestroySandbox"]))
+        .await;
+    assert_status(needed, Code::InvalidArgument, "policy.denied_rpcs[0]");
+    agent
+        .client
+        .create_sandbox(policy(&["ExecProcess"]))
+        .await
+        .expect("create sandbox");
+
+    // The container runs; exec into it is denied; the rest still works.
+    let id = unique_id("policy");
+    let rootfs = agent.rootfs(&id);
+    agent
+        .create(
+            &id,
+            &spec::simple(&["sleep", "1000"]),
+            &rootfs,
+            pipes(false),
+        )
+        .await
+        .expect("create");
+    agent.start_container(&id).await.expect("start");
+    let process = serde_json::to_vec(&spec::simple(&["sh"])["process"]).expect("process json");
+    let denied = agent
+        .client
+        .exec_process(api::ExecProcessRequest {
+            container_id: id.clone(),
+            exec_id: "shell".into(),
+            process_json: process,
+            stdio: pipes(false),
+        })
+        .await
+        .expect_err("exec is denied");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert_eq!(
+        denied.message(),
+        "ExecProcess is denied by the sandbox's agent policy"
+    );
+    agent.remove(&id, true).await.expect("remove");
+    agent
+        .client
+        .destroy_sandbox(api::DestroySandboxRequest {})
+        .await
+        .expect("destroy");
 }

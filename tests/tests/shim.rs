@@ -348,6 +348,82 @@ fn twenty_create_delete_cycles_leave_nothing_behind() {
 }
 
 #[test]
+fn an_agent_policy_file_denies_exec_and_a_bad_one_is_named() {
+    let _serial = serial();
+    let rt = HullRuntime::start(NS, false);
+    let policy = rt.config_path.with_file_name("policy.toml");
+    std::fs::write(&policy, "denied_rpcs = [\"ExecProcess\"]\n").expect("policy");
+    let config = rt.config_path.with_file_name("with-policy.toml");
+    let base = std::fs::read_to_string(&rt.config_path).expect("config");
+    std::fs::write(
+        &config,
+        format!(
+            "{base}agent_policy_file = {:?}\n",
+            policy.display().to_string()
+        ),
+    )
+    .expect("config with a policy");
+    let config_arg = config.to_str().expect("utf-8");
+
+    let id = unique_id("policy");
+    run_ok(
+        &rt,
+        &[
+            "-d",
+            "--runtime-config-path",
+            config_arg,
+            BUSYBOX_IMAGE,
+            &id,
+            "sleep",
+            "1000",
+        ],
+    );
+    let exec = rt.containerd.ctr(&[
+        "-n",
+        NS,
+        "tasks",
+        "exec",
+        "--exec-id",
+        "shell",
+        &id,
+        "echo",
+        "in",
+    ]);
+    assert!(!exec.status.success(), "{exec:?}");
+    assert!(
+        text(&exec.stderr).contains("ExecProcess is denied by the sandbox's agent policy"),
+        "{exec:?}"
+    );
+    rt.containerd
+        .ctr_ok(&["-n", NS, "tasks", "kill", "-s", "KILL", &id]);
+    wait_until("the task to stop", Duration::from_secs(30), || {
+        task_status(&rt, &id).as_deref() == Some("STOPPED")
+    });
+    rt.containerd.ctr_ok(&["-n", NS, "tasks", "rm", &id]);
+    rt.containerd.ctr_ok(&["-n", NS, "containers", "rm", &id]);
+
+    // A name the agent does not know fails the pod, named.
+    std::fs::write(&policy, "denied_rpcs = [\"Exec\"]\n").expect("policy");
+    let output = run(
+        &rt,
+        &[
+            "--rm",
+            "--runtime-config-path",
+            config_arg,
+            BUSYBOX_IMAGE,
+            &unique_id("badpolicy"),
+            "true",
+        ],
+    );
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("policy.denied_rpcs[0]: \"Exec\" is not an RPC"),
+        "{output:?}"
+    );
+    assert_no_leftovers(&rt);
+}
+
+#[test]
 fn bad_configuration_and_annotations_are_named() {
     let _serial = serial();
     let rt = HullRuntime::start(NS, false);

@@ -43,6 +43,8 @@ pub struct Agent {
     reaper: Arc<Reaper>,
     containers: Containers,
     sandbox: tokio::sync::Mutex<sandbox::SandboxState>,
+    /// Set by CreateSandbox; nothing is denied before.
+    policy: std::sync::RwLock<crate::policy::Policy>,
     oom_events: broadcast::Sender<api::OomEvent>,
     oom_watchers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     shutdown: watch::Sender<bool>,
@@ -62,6 +64,7 @@ impl Agent {
             reaper,
             containers: Containers::default(),
             sandbox: tokio::sync::Mutex::default(),
+            policy: std::sync::RwLock::default(),
             oom_events: broadcast::channel(64).0,
             oom_watchers: Mutex::default(),
             shutdown: watch::Sender::new(false),
@@ -84,6 +87,14 @@ impl Agent {
             api_version: api::API_VERSION.to_owned(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         }
+    }
+
+    /// Refuses `rpc` if the sandbox's policy denies it.
+    pub fn allow(&self, rpc: &'static str) -> Result<()> {
+        self.policy
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .check(rpc)
     }
 
     pub fn guest_details(&self) -> api::GuestDetailsResponse {

@@ -29,6 +29,7 @@ impl Agent {
             });
         }
         validate_hostname(&request.hostname)?;
+        let policy = crate::policy::Policy::parse(request.policy.as_ref())?;
         let network = NetworkPlan::parse(&request.interfaces, &request.routes)?;
         if !network.is_empty() && !self.config.pid1 {
             // In test mode the agent runs on a host: its interfaces are not
@@ -71,6 +72,13 @@ impl Agent {
             unmount_all(&mut state.mounts);
             return Err(err);
         }
+        if policy.denied().next().is_some() {
+            tracing::info!(denied = ?policy.denied().collect::<Vec<_>>(), "agent policy");
+        }
+        *self
+            .policy
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = policy;
         state.created = true;
         Ok(api::CreateSandboxResponse {
             hostname_path: hostname_path.display().to_string(),

@@ -429,10 +429,31 @@ fn the_documented_config_is_exactly_the_defaults_and_names_every_option() {
     );
     let table: toml::Table = toml::from_str(&text).expect("TOML");
     let options = config_file_options();
+    // An option with no default (a file that is off unless named) is shown
+    // commented out, as `# NAME = ...`.
+    let shown_off: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# ")?.split_once(" = "))
+        .map(|(name, _)| name)
+        .filter(|name| options.iter().any(|option| option == name))
+        .collect();
     assert_eq!(
-        table.keys().collect::<BTreeSet<_>>(),
-        options.iter().collect::<BTreeSet<_>>(),
+        table
+            .keys()
+            .map(String::as_str)
+            .chain(shown_off.iter().copied())
+            .collect::<BTreeSet<_>>(),
+        options.iter().map(String::as_str).collect::<BTreeSet<_>>(),
         "deploy/config.toml sets every option of the shim's file, and no other"
+    );
+    assert_eq!(
+        Config::parse(&format!(
+            "{text}\nagent_policy_file = \"/etc/hull/agent-policy.toml\"\n"
+        ))
+        .expect("the commented-out option parses")
+        .agent_policy_file
+        .as_deref(),
+        Some(std::path::Path::new("/etc/hull/agent-policy.toml"))
     );
     // Each option sits in a paragraph that has a comment.
     for paragraph in text.split("\n\n") {
