@@ -417,7 +417,8 @@ fn an_agent_policy_file_denies_exec_and_a_bad_one_is_named() {
     );
     assert!(!output.status.success());
     assert!(
-        text(&output.stderr).contains("policy.denied_rpcs[0]: \"Exec\" is not an RPC"),
+        text(&output.stderr).contains("policy.denied_rpcs[0]: ")
+            && text(&output.stderr).contains("is not an RPC of hull.agent.v1"),
         "{output:?}"
     );
     assert_no_leftovers(&rt);
