@@ -17,17 +17,31 @@ use crate::state::{Container, Process, Status};
 /// How long killed processes get to be reaped before removal gives up.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Everything CreateContainer checks before it changes anything: the id,
+/// the OCI spec and the rootfs (which is only looked at). Public for the
+/// fuzz targets, which feed it any request.
+pub fn validate_create_container(
+    request: &api::CreateContainerRequest,
+) -> Result<oci_spec::runtime::Spec> {
+    ids::validate("container_id", &request.container_id)?;
+    let terminal = stdio_request(request.stdio.as_ref()).terminal;
+    spec::container_spec(
+        &request.container_id,
+        &request.oci_spec_json,
+        &request.rootfs,
+        terminal,
+    )
+}
+
 impl Agent {
     pub async fn create_container(
         &self,
         request: api::CreateContainerRequest,
     ) -> Result<api::CreateContainerResponse> {
+        let spec = validate_create_container(&request)?;
         let id = request.container_id;
-        ids::validate("container_id", &id)?;
         let stdio = stdio_request(request.stdio.as_ref());
         let reservation = self.containers.reserve(&id)?;
-        let spec =
-            spec::container_spec(&id, &request.oci_spec_json, &request.rootfs, stdio.terminal)?;
         let cgroup = spec::cgroup_dir(&spec, &self.config.cgroup_root);
 
         let bundle = self.bundle_dir(&id);
