@@ -210,3 +210,35 @@ impl Agent {
             .map_err(|err| AgentError::io(format!("stats of container {:?}", container.id), err))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_create_request_is_checked_whole() {
+        let mut request = api::CreateContainerRequest {
+            container_id: "c1".into(),
+            oci_spec_json: br#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}}"#.to_vec(),
+            rootfs: "/".into(),
+            stdio: Some(api::Stdio {
+                terminal: true,
+                ..Default::default()
+            }),
+        };
+        let spec = validate_create_container(&request).expect("valid");
+        assert_eq!(
+            spec.process().as_ref().and_then(|p| p.terminal()),
+            Some(true)
+        );
+
+        request.container_id = "../c1".into();
+        let err = validate_create_container(&request).unwrap_err().to_string();
+        assert!(err.starts_with("container_id: "), "{err}");
+
+        request.container_id = "c1".into();
+        request.rootfs = "rootfs".into();
+        let err = validate_create_container(&request).unwrap_err().to_string();
+        assert!(err.starts_with("rootfs: "), "{err}");
+    }
+}

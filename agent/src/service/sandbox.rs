@@ -308,4 +308,39 @@ mod tests {
             "nameserver 10.0.0.10\nsearch svc.cluster.local\noptions ndots:5\n"
         );
     }
+
+    #[test]
+    fn the_plan_checks_every_mount_before_any_is_made() {
+        let shared = Path::new("/run/hull-agent/sandbox/shared");
+        let mount = |target: &str, fstype: &str| api::SharedMount {
+            source: "hullfs".into(),
+            target: target.into(),
+            fstype: fstype.into(),
+            ..Default::default()
+        };
+        let mut request = api::CreateSandboxRequest {
+            hostname: "pod".into(),
+            mounts: vec![mount("/run/hull-agent/sandbox/shared/a", "virtiofs")],
+            ..Default::default()
+        };
+        let plan = plan_sandbox(&request, shared).expect("valid");
+        assert!(plan.hosts.ends_with("127.0.1.1\tpod\n"), "{}", plan.hosts);
+        for (bad, field) in [
+            (
+                "/run/hull-agent/sandbox/shared/../../etc",
+                "mounts[1].target",
+            ),
+            ("/run/hull-agent/sandbox/shared", "mounts[1].target"),
+            ("relative", "mounts[1].target"),
+            ("/etc", "mounts[1].target"),
+        ] {
+            request.mounts.truncate(1);
+            request.mounts.push(mount(bad, "bind"));
+            let err = plan_sandbox(&request, shared).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{field}: ")), "{bad}: {err}");
+        }
+        request.mounts[1] = mount("/run/hull-agent/sandbox/shared/b", "");
+        let err = plan_sandbox(&request, shared).unwrap_err().to_string();
+        assert!(err.starts_with("mounts[1].fstype: "), "{err}");
+    }
 }
