@@ -54,6 +54,9 @@ install_crate() {
 }
 install_crate virtiofsd 1.14.0 virtiofsd
 install_crate vhost-device-vsock 0.3.0 vhost-device-vsock
-for binary in virtiofsd vhost-device-vsock; do
+# cargo-fuzz builds and runs the fuzz targets (scripts/fuzz.sh); cargo finds
+# it as a subcommand through the link in /usr/local/bin.
+install_crate cargo-fuzz 0.13.2 cargo-fuzz
+for binary in virtiofsd vhost-device-vsock cargo-fuzz; do
   ln -sf "$tools/bin/$binary" "/usr/local/bin/$binary"
 done

@@ -37,6 +37,11 @@ bash guest-image/build.sh "$agent"
 step "KVM test host"
 bash tests/kvm-host/build.sh
 
+step "fuzz"
+# Every fuzz target for a bounded time (docs/FUZZING.md); a crash fails the
+# run. Before the suites, so that their summary stays the run's last word.
+bash scripts/fuzz.sh
+
 step "tests"
 # --all-targets: the doc tests are empty, and their "0 passed" must not be
 # the last word of the run.

@@ -17,17 +17,31 @@ use crate::state::{Container, Process, Status};
 /// How long killed processes get to be reaped before removal gives up.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Everything CreateContainer checks before it changes anything: the id,
+/// the OCI spec and the rootfs (which is only looked at). Public for the
+/// fuzz targets, which feed it any request.
+pub fn validate_create_container(
+    request: &api::CreateContainerRequest,
+) -> Result<oci_spec::runtime::Spec> {
+    ids::validate("container_id", &request.container_id)?;
+    let terminal = stdio_request(request.stdio.as_ref()).terminal;
+    spec::container_spec(
+        &request.container_id,
+        &request.oci_spec_json,
+        &request.rootfs,
+        terminal,
+    )
+}
+
 impl Agent {
     pub async fn create_container(
         &self,
         request: api::CreateContainerRequest,
     ) -> Result<api::CreateContainerResponse> {
+        let spec = validate_create_container(&request)?;
         let id = request.container_id;
-        ids::validate("container_id", &id)?;
         let stdio = stdio_request(request.stdio.as_ref());
         let reservation = self.containers.reserve(&id)?;
-        let spec =
-            spec::container_spec(&id, &request.oci_spec_json, &request.rootfs, stdio.terminal)?;
         let cgroup = spec::cgroup_dir(&spec, &self.config.cgroup_root);
 
         let bundle = self.bundle_dir(&id);
@@ -194,5 +208,37 @@ impl Agent {
             .await
             .map_err(|err| AgentError::Runtime(format!("stats: {err}")))?
             .map_err(|err| AgentError::io(format!("stats of container {:?}", container.id), err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_create_request_is_checked_whole() {
+        let mut request = api::CreateContainerRequest {
+            container_id: "c1".into(),
+            oci_spec_json: br#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}}"#.to_vec(),
+            rootfs: "/".into(),
+            stdio: Some(api::Stdio {
+                terminal: true,
+                ..Default::default()
+            }),
+        };
+        let spec = validate_create_container(&request).expect("valid");
+        assert_eq!(
+            spec.process().as_ref().and_then(|p| p.terminal()),
+            Some(true)
+        );
+
+        request.container_id = "../c1".into();
+        let err = validate_create_container(&request).unwrap_err().to_string();
+        assert!(err.starts_with("container_id: "), "{err}");
+
+        request.container_id = "c1".into();
+        request.rootfs = "rootfs".into();
+        let err = validate_create_container(&request).unwrap_err().to_string();
+        assert!(err.starts_with("rootfs: "), "{err}");
     }
 }

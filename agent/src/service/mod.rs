@@ -7,7 +7,10 @@ mod oom;
 mod processes;
 mod sandbox;
 
+pub use containers::validate_create_container;
 pub use io::OutputBytes;
+pub use processes::validate_exec_process;
+pub use sandbox::{SandboxPlan, plan_sandbox};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -12,15 +12,25 @@ use crate::runtime::Operation;
 use crate::spec;
 use crate::state::{Process, Status};
 
+/// Everything ExecProcess checks before it looks for the container: the
+/// ids and the process. Public for the fuzz targets.
+pub fn validate_exec_process(
+    request: &api::ExecProcessRequest,
+) -> Result<oci_spec::runtime::Process> {
+    ids::validate("exec_id", &request.exec_id)?;
+    ids::validate("container_id", &request.container_id)?;
+    let terminal = stdio_request(request.stdio.as_ref()).terminal;
+    spec::exec_process(&request.process_json, terminal)
+}
+
 impl Agent {
     pub async fn exec_process(
         &self,
         request: api::ExecProcessRequest,
     ) -> Result<api::ExecProcessResponse> {
-        ids::validate("exec_id", &request.exec_id)?;
+        let process = validate_exec_process(&request)?;
         let container = self.container(&request.container_id)?;
         let stdio = stdio_request(request.stdio.as_ref());
-        let process = spec::exec_process(&request.process_json, stdio.terminal)?;
 
         let _operations = container.operations.lock().await;
         container.require("exec into", &[Status::Running])?;

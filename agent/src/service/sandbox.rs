@@ -28,10 +28,10 @@ impl Agent {
                 what: "the sandbox".into(),
             });
         }
-        validate_hostname(&request.hostname)?;
-        let policy = crate::policy::Policy::parse(request.policy.as_ref())?;
-        let network = NetworkPlan::parse(&request.interfaces, &request.routes)?;
-        if !network.is_empty() && !self.config.pid1 {
+        let dir = self.config.sandbox_dir();
+        let shared = dir.join("shared");
+        let plan = plan_sandbox(&request, &shared)?;
+        if !plan.network.is_empty() && !self.config.pid1 {
             // In test mode the agent runs on a host: its interfaces are not
             // the pod's to change.
             return Err(AgentError::invalid(
@@ -39,8 +39,6 @@ impl Agent {
                 "only the agent as PID 1 in a guest sets up interfaces",
             ));
         }
-        let dir = self.config.sandbox_dir();
-        let shared = dir.join("shared");
         std::fs::create_dir_all(&shared)
             .map_err(|err| AgentError::io(format!("creating {}", shared.display()), err))?;
 
@@ -48,11 +46,8 @@ impl Agent {
         let hosts_path = dir.join("hosts");
         let resolv_conf_path = dir.join("resolv.conf");
         write(&hostname_path, &format!("{}\n", request.hostname))?;
-        write(&hosts_path, &hosts_file(&request.hostname, &request.hosts)?)?;
-        write(
-            &resolv_conf_path,
-            &resolv_conf(request.dns.as_ref().unwrap_or(&api::Dns::default()))?,
-        )?;
+        write(&hosts_path, &plan.hosts)?;
+        write(&resolv_conf_path, &plan.resolv_conf)?;
         if self.config.pid1 && !request.hostname.is_empty() {
             nix::unistd::sethostname(&request.hostname)
                 .map_err(|err| AgentError::io("setting the hostname", err.into()))?;
@@ -60,7 +55,7 @@ impl Agent {
 
         for (index, mount) in request.mounts.iter().enumerate() {
             let field = format!("mounts[{index}]");
-            match mount_shared(&shared, mount, &field) {
+            match mount_shared(mount, &field) {
                 Ok(target) => state.mounts.push(target),
                 Err(err) => {
                     unmount_all(&mut state.mounts);
@@ -68,10 +63,11 @@ impl Agent {
                 }
             }
         }
-        if let Err(err) = crate::network::configure(&network).await {
+        if let Err(err) = crate::network::configure(&plan.network).await {
             unmount_all(&mut state.mounts);
             return Err(err);
         }
+        let policy = plan.policy;
         if policy.denied().next().is_some() {
             tracing::info!(denied = ?policy.denied().collect::<Vec<_>>(), "agent policy");
         }
@@ -107,6 +103,35 @@ impl Agent {
             Err(AgentError::Runtime(errors.join("; ")))
         }
     }
+}
+
+/// What CreateSandbox will do, every field of the request checked first so
+/// that a bad one changes nothing.
+#[derive(Debug)]
+pub struct SandboxPlan {
+    pub policy: crate::policy::Policy,
+    pub network: NetworkPlan,
+    pub hosts: String,
+    pub resolv_conf: String,
+}
+
+/// Checks a CreateSandbox request whose shared mounts go below `shared`.
+/// Public for the fuzz targets, which feed it any request.
+pub fn plan_sandbox(request: &api::CreateSandboxRequest, shared: &Path) -> Result<SandboxPlan> {
+    validate_hostname(&request.hostname)?;
+    let policy = crate::policy::Policy::parse(request.policy.as_ref())?;
+    let network = NetworkPlan::parse(&request.interfaces, &request.routes)?;
+    let hosts = hosts_file(&request.hostname, &request.hosts)?;
+    let resolv_conf = resolv_conf(request.dns.as_ref().unwrap_or(&api::Dns::default()))?;
+    for (index, mount) in request.mounts.iter().enumerate() {
+        check_mount(shared, mount, &format!("mounts[{index}]"))?;
+    }
+    Ok(SandboxPlan {
+        policy,
+        network,
+        hosts,
+        resolv_conf,
+    })
 }
 
 fn write(path: &Path, contents: &str) -> Result<()> {
@@ -183,8 +208,8 @@ fn resolv_conf(dns: &api::Dns) -> Result<String> {
     Ok(text)
 }
 
-/// Mounts one shared filesystem under `shared`; the target may not leave it.
-fn mount_shared(shared: &Path, mount: &api::SharedMount, field: &str) -> Result<PathBuf> {
+/// A shared mount's target may not leave `shared`, and it needs a type.
+fn check_mount(shared: &Path, mount: &api::SharedMount, field: &str) -> Result<()> {
     let target = Path::new(&mount.target);
     if !target.is_absolute()
         || target
@@ -204,6 +229,12 @@ fn mount_shared(shared: &Path, mount: &api::SharedMount, field: &str) -> Result<
             "must not be empty",
         ));
     }
+    Ok(())
+}
+
+/// Mounts one shared filesystem, checked by [`check_mount`].
+fn mount_shared(mount: &api::SharedMount, field: &str) -> Result<PathBuf> {
+    let target = Path::new(&mount.target);
     std::fs::create_dir_all(target)
         .map_err(|err| AgentError::io(format!("creating {}", target.display()), err))?;
     let bind = mount.fstype == "bind";
@@ -287,5 +318,40 @@ mod tests {
             resolv_conf(&dns).expect("valid"),
             "nameserver 10.0.0.10\nsearch svc.cluster.local\noptions ndots:5\n"
         );
+    }
+
+    #[test]
+    fn the_plan_checks_every_mount_before_any_is_made() {
+        let shared = Path::new("/run/hull-agent/sandbox/shared");
+        let mount = |target: &str, fstype: &str| api::SharedMount {
+            source: "hullfs".into(),
+            target: target.into(),
+            fstype: fstype.into(),
+            ..Default::default()
+        };
+        let mut request = api::CreateSandboxRequest {
+            hostname: "pod".into(),
+            mounts: vec![mount("/run/hull-agent/sandbox/shared/a", "virtiofs")],
+            ..Default::default()
+        };
+        let plan = plan_sandbox(&request, shared).expect("valid");
+        assert!(plan.hosts.ends_with("127.0.1.1\tpod\n"), "{}", plan.hosts);
+        for (bad, field) in [
+            (
+                "/run/hull-agent/sandbox/shared/../../etc",
+                "mounts[1].target",
+            ),
+            ("/run/hull-agent/sandbox/shared", "mounts[1].target"),
+            ("relative", "mounts[1].target"),
+            ("/etc", "mounts[1].target"),
+        ] {
+            request.mounts.truncate(1);
+            request.mounts.push(mount(bad, "bind"));
+            let err = plan_sandbox(&request, shared).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{field}: ")), "{bad}: {err}");
+        }
+        request.mounts[1] = mount("/run/hull-agent/sandbox/shared/b", "");
+        let err = plan_sandbox(&request, shared).unwrap_err().to_string();
+        assert!(err.starts_with("mounts[1].fstype: "), "{err}");
     }
 }

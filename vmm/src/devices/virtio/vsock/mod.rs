@@ -8,6 +8,8 @@
 //! the vCPU thread only kicks it.
 
 mod connection;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod muxer;
 mod packet;
 mod worker;

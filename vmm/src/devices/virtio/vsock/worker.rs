@@ -73,32 +73,40 @@ impl Worker {
         // Queues may hold work from before activation.
         self.pump();
         loop {
-            let count = match self
-                .muxer
-                .epoll()
-                .wait(self.muxer.timeout_ms(), &mut events)
-            {
-                Ok(count) => count,
-                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(err) => {
-                    tracing::error!(%err, "vsock: epoll_wait failed; the device stops");
-                    return;
-                }
-            };
-            for event in &events[..count] {
-                match event.data() {
-                    STOP_TOKEN => return,
-                    KICK_TOKEN => self.wakeups.take_kick(),
-                    LISTENER_TOKEN => self.muxer.accept_all(),
-                    token => self.muxer.on_socket_event(token, event.event_set()),
-                }
-            }
-            if self.wakeups.stopped() {
+            let timeout_ms = self.muxer.timeout_ms();
+            if !self.turn(&mut events, timeout_ms) {
                 return;
             }
-            self.muxer.expire(Instant::now());
-            self.pump();
         }
+    }
+
+    /// One turn of the event loop: waits up to `timeout_ms` for host
+    /// sockets or the vCPU thread, handles what arrived and moves packets.
+    /// False once the device is to stop. The fuzz targets turn it with a
+    /// zero timeout, so they run exactly what the device thread runs.
+    pub fn turn(&mut self, events: &mut [EpollEvent], timeout_ms: i32) -> bool {
+        let count = match self.muxer.epoll().wait(timeout_ms, events) {
+            Ok(count) => count,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => return true,
+            Err(err) => {
+                tracing::error!(%err, "vsock: epoll_wait failed; the device stops");
+                return false;
+            }
+        };
+        for event in &events[..count] {
+            match event.data() {
+                STOP_TOKEN => return false,
+                KICK_TOKEN => self.wakeups.take_kick(),
+                LISTENER_TOKEN => self.muxer.accept_all(),
+                token => self.muxer.on_socket_event(token, event.event_set()),
+            }
+        }
+        if self.wakeups.stopped() {
+            return false;
+        }
+        self.muxer.expire(Instant::now());
+        self.pump();
+        true
     }
 
     /// Moves packets both ways until neither queue can make progress, then
