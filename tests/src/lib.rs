@@ -6,6 +6,7 @@ pub mod agent;
 pub mod containerd;
 pub mod cri;
 pub mod driver;
+pub mod faults;
 pub mod hull_runtime;
 pub mod image;
 pub mod kvm_host;
