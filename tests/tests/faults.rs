@@ -106,7 +106,8 @@ fn check_backend(pod_dir: &std::path::Path) {
 }
 
 fn assert_no_leftovers(rt: &HullRuntime) {
-    let left = rt.leftovers(Duration::from_secs(30));
+    // The KVM test host is slow: a shim can take many seconds to go.
+    let left = rt.leftovers(NOTICE);
     assert!(
         left.is_empty(),
         "left behind:\n{}\ncontainerd log:\n{}",
@@ -131,6 +132,20 @@ fn killed(name: &str, pid: i32) -> String {
     format!("{name} (pid {pid}) was killed by SIGKILL")
 }
 
+/// containerd's log has the `delete` command's word that shim `pid` died.
+fn wait_for_delete_report(rt: &HullRuntime, pid: i32) {
+    let said = format!("{SHIM_NAME} (pid {pid}) of pod");
+    let deadline = std::time::Instant::now() + NOTICE;
+    while !rt.containerd.log().contains(&said) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {said:?} in containerd's log:\n{}",
+            rt.containerd.log_tail(60)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// kill -9 of `victim` while the first Create boots the VM: `ctr run`
 /// fails with an error that names it, and nothing is left.
 fn kill_during_boot(rt: &HullRuntime, victim: Victim) {
@@ -146,10 +161,7 @@ fn kill_during_boot(rt: &HullRuntime, victim: Victim) {
     if victim == Victim::Shim {
         // containerd only sees the connection go; the `delete` command it
         // runs then says what died, in containerd's log.
-        let said = format!("{SHIM_NAME} (pid {pid}) of pod");
-        poll("the delete command's report", NOTICE, || {
-            rt.containerd.log().contains(&said).then_some(())
-        });
+        wait_for_delete_report(rt, pid);
     } else {
         assert!(
             error.contains(&format!("{} during boot", killed(&name, pid))),
@@ -208,10 +220,7 @@ fn kill_under_tasks(rt: &HullRuntime, events: &EventLog, victim: Victim) {
     if victim == Victim::Shim {
         // containerd cleans up after the shim with its `delete` command,
         // which kills the VM and says what died; the tasks are gone.
-        let said = format!("{SHIM_NAME} (pid {pid}) of pod");
-        poll("the delete command's report", NOTICE, || {
-            rt.containerd.log().contains(&said).then_some(())
-        });
+        wait_for_delete_report(rt, pid);
         // containerd's own TaskExit for a lost shim names no process.
         assert_eq!(events.wait_exit(&pod, "", NOTICE), SHIM_GONE);
         assert!(!exec_status.success(), "{exec_status} {exec_error}");
