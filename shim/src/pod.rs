@@ -407,9 +407,9 @@ impl Drop for DirGuard {
 
 /// The cleanup after a shim crash: kills the pod's VM processes listed in
 /// its pids file (only if they still are what the file says), unmounts and
-/// removes the pod directory. Returns the processes it killed ("qemu (pid
-/// 42)").
-pub fn clean_up_after_crash(dir: &Path) -> Vec<String> {
+/// removes the pod directory. `report` hears of the processes it killed
+/// ("qemu (pid 42)") as soon as they are, before the slower rest.
+pub fn clean_up_after_crash(dir: &Path, report: impl FnOnce(&[String])) {
     let mut killed = Vec::new();
     if let Ok(text) = std::fs::read_to_string(dir.join(PIDS_FILE)) {
         for line in text.lines() {
@@ -436,11 +436,11 @@ pub fn clean_up_after_crash(dir: &Path) -> Vec<String> {
             }
         }
     }
+    report(&killed);
     if let Ok(netns) = std::fs::read_to_string(dir.join(NETNS_FILE)) {
         network::clean_up(Path::new(&netns));
     }
     remove_pod_dir(dir);
-    killed
 }
 
 #[cfg(test)]

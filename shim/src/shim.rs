@@ -82,18 +82,21 @@ impl Shim for HullShim {
                 } else {
                     let shim = std::fs::read_to_string(dir.join(SHIM_PID_FILE))
                         .map_or_else(|_| "?".to_owned(), |pid| pid.trim().to_owned());
-                    let killed = crate::pod::clean_up_after_crash(&dir);
                     // containerd logs what this command writes to stderr
-                    // ("cleanup warnings"): say what died and what went.
-                    eprintln!(
-                        "containerd-shim-hull-v2 (pid {shim}) of pod {} is gone; killed what it left running: {}",
-                        dir.display(),
-                        if killed.is_empty() {
+                    // ("cleanup warnings", or with the error if it gives
+                    // up on the command): say what died and what went,
+                    // first thing.
+                    crate::pod::clean_up_after_crash(&dir, |killed| {
+                        let killed = if killed.is_empty() {
                             "nothing".to_owned()
                         } else {
                             killed.join(", ")
-                        }
-                    );
+                        };
+                        eprintln!(
+                            "containerd-shim-hull-v2 (pid {shim}) of pod {} is gone; killed what it left running: {killed}",
+                            dir.display()
+                        );
+                    });
                 }
             }
             Err(err) => tracing::info!(bundle = %self.bundle.display(), %err, "no pod recorded"),
