@@ -20,10 +20,12 @@ pub enum VmError {
     },
 
     #[error(
-        "{name} exited during boot ({status}); timeline: {timeline}; last console lines:\n{console}"
+        "{name} (pid {pid}) {status} during boot; timeline: {timeline}; last console lines:\n{console}"
     )]
     HelperExited {
         name: &'static str,
+        pid: u32,
+        /// How it ended, as [`crate::process::describe_exit`] words it.
         status: String,
         timeline: Box<Timeline>,
         console: String,

@@ -63,6 +63,20 @@ impl Drop for Helper {
     }
 }
 
+/// How a process ended, for messages that follow its name: "was killed by
+/// SIGKILL", "exited with status 1".
+pub fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => match nix::sys::signal::Signal::try_from(signal) {
+            Ok(signal) => format!("was killed by {}", signal.as_str()),
+            Err(_) => format!("was killed by signal {signal}"),
+        },
+        (None, None) => status.to_string(),
+    }
+}
+
 /// Finds `program` in `PATH` unless it is a path already.
 pub fn find_program(program: &str) -> Result<std::path::PathBuf, crate::VmError> {
     let missing = |reason: String| crate::VmError::MissingProgram {

@@ -156,28 +156,36 @@ impl Vm {
         vsock::connect(&self.vsock_uds, port)
     }
 
-    /// Fails, naming the process and its exit status, once the VMM or one of
-    /// its helpers has exited.
+    /// Fails, naming the process, its pid and how it ended, once the VMM or
+    /// one of its helpers has exited.
     pub fn check_alive(&mut self) -> Result<(), VmError> {
         use std::os::unix::process::ExitStatusExt;
         // When one process dies the others often follow (QEMU fails without
         // its helpers; virtiofsd exits cleanly once QEMU is gone), so the
         // error names the most likely first to go: one killed by a signal,
         // then one that failed, then any; helpers before the VMM.
-        let exited: Vec<(&'static str, std::process::ExitStatus)> = self
+        let exited: Vec<(&'static str, u32, std::process::ExitStatus)> = self
             .helpers
             .iter_mut()
             .chain(std::iter::once(&mut self.vmm))
-            .filter_map(|process| process.exited().map(|status| (process.name, status)))
+            .filter_map(|process| {
+                let pid = process.pid();
+                process.exited().map(|status| (process.name, pid, status))
+            })
             .collect();
         let culprit = exited
             .iter()
-            .find(|(_, status)| status.signal().is_some())
-            .or_else(|| exited.iter().find(|(_, status)| !status.success()))
+            .find(|(_, _, status)| status.signal().is_some())
+            .or_else(|| exited.iter().find(|(_, _, status)| !status.success()))
             .or_else(|| exited.first());
-        let Some(&(name, status)) = culprit else {
+        let Some(&(name, pid, status)) = culprit else {
             return Ok(());
         };
+        if self.vmm.exited().is_some() {
+            // The console ends with the VMM: read it to the end, so that a
+            // guest's last words (a kernel panic) are in the tail.
+            self.console.finish();
+        }
         let log = std::fs::read_to_string(self.work_dir.path().join(format!("{name}.log")))
             .unwrap_or_default();
         let mut console = self.console.tail();
@@ -186,7 +194,8 @@ impl Vm {
         }
         Err(VmError::HelperExited {
             name,
-            status: status.to_string(),
+            pid,
+            status: crate::process::describe_exit(status),
             timeline: Box::new(self.timeline()),
             console,
         })

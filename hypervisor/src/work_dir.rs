@@ -46,7 +46,8 @@ pub(crate) fn wait_for_socket(helper: &mut Helper, socket: &Path) -> Result<(), 
         if let Some(status) = helper.exited() {
             return Err(VmError::HelperExited {
                 name: helper.name,
-                status: status.to_string(),
+                pid: helper.pid(),
+                status: crate::process::describe_exit(status),
                 timeline: Box::new(Timeline::new(Instant::now())),
                 console: String::new(),
             });

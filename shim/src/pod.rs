@@ -305,17 +305,25 @@ impl Pod {
     }
 }
 
-/// Polls the VM's processes; the first one to exit ends the pod.
+/// Polls the VM's processes; the first one to exit ends the pod, and the
+/// rest of the VM is killed at once: a guest that lost its file system or
+/// its vsock would otherwise run on with its processes unreachable.
 async fn watch_vm(vm: Arc<Mutex<Option<Vm>>>, gone: watch::Sender<Option<String>>) {
     loop {
         tokio::time::sleep(WATCH_INTERVAL).await;
         let vm = Arc::clone(&vm);
         let status = tokio::task::spawn_blocking(move || {
             let mut guard = vm.lock().unwrap_or_else(PoisonError::into_inner);
-            match guard.as_mut() {
+            let reason = match guard.as_mut() {
                 Some(vm) => vm.check_alive().err().map(|err| describe_exit(&err)),
                 None => Some("stopped".to_owned()),
+            };
+            if reason.is_some()
+                && let Some(vm) = guard.take()
+            {
+                vm.kill();
             }
+            reason
         })
         .await;
         if let Ok(Some(reason)) = status {
@@ -326,25 +334,53 @@ async fn watch_vm(vm: Arc<Mutex<Option<Vm>>>, gone: watch::Sender<Option<String>
     }
 }
 
-/// "hull-vmm exited (signal: 9 (SIGKILL))", without the boot-time wording.
+/// Why the VM is gone, as containerd's log and the tasks' errors say it:
+/// "virtiofsd (pid 42) was killed by SIGKILL; last console line: ...", or,
+/// when the guest kernel panicked (as it does when the agent, its init,
+/// dies), the panic and the console lines that lead to it.
 fn describe_exit(err: &hull_hypervisor::VmError) -> String {
     match err {
         hull_hypervisor::VmError::HelperExited {
             name,
+            pid,
             status,
             console,
             ..
         } => {
-            let last = console
+            let process = format!("{name} (pid {pid}) {status}");
+            let lines: Vec<&str> = console
                 .lines()
-                .rev()
-                .find(|line| !line.trim().is_empty())
-                .unwrap_or_default();
-            format!("{name} exited ({status}); last console line: {last}")
+                // The helper's own log follows the console.
+                .take_while(|line| !(line.starts_with('[') && line.ends_with(" log]")))
+                .collect();
+            match lines.iter().rposition(|line| line.contains(KERNEL_PANIC)) {
+                Some(at) => {
+                    let panic = lines[at];
+                    let panic = &panic[panic.find(KERNEL_PANIC).unwrap_or_default()..];
+                    let from = at.saturating_sub(PANIC_CONTEXT_LINES);
+                    format!(
+                        "the guest kernel panicked ({panic}), then {process}; last console lines:\n{}",
+                        lines[from..].join("\n")
+                    )
+                }
+                None => {
+                    let last = lines
+                        .iter()
+                        .rev()
+                        .find(|line| !line.trim().is_empty())
+                        .unwrap_or(&"");
+                    format!("{process}; last console line: {last}")
+                }
+            }
         }
         other => other.to_string(),
     }
 }
+
+/// How the kernel's panic() begins its message.
+const KERNEL_PANIC: &str = "Kernel panic - not syncing";
+/// Console lines shown before the panic line (what the guest did last).
+const PANIC_CONTEXT_LINES: usize = 5;
 
 fn record_pids(path: &Path, vm: &Vm) -> Result<()> {
     let text: String = vm
@@ -378,8 +414,10 @@ impl Drop for DirGuard {
 
 /// The cleanup after a shim crash: kills the pod's VM processes listed in
 /// its pids file (only if they still are what the file says), unmounts and
-/// removes the pod directory.
-pub fn clean_up_after_crash(dir: &Path) {
+/// removes the pod directory. `report` hears of the processes it killed
+/// ("qemu (pid 42)") as soon as they are, before the slower rest.
+pub fn clean_up_after_crash(dir: &Path, report: impl FnOnce(&[String])) {
+    let mut killed = Vec::new();
     if let Ok(text) = std::fs::read_to_string(dir.join(PIDS_FILE)) {
         for line in text.lines() {
             let mut fields = line.split_whitespace();
@@ -392,18 +430,68 @@ pub fn clean_up_after_crash(dir: &Path) {
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             // comm is at most 15 bytes: compare prefixes.
             let comm = comm.trim();
-            if !comm.is_empty() && name.starts_with(comm)
-                || comm.starts_with("qemu") && name == "qemu"
-            {
-                let _ = nix::sys::signal::kill(
+            let ours = !comm.is_empty() && name.starts_with(comm)
+                || comm.starts_with("qemu") && name == "qemu";
+            if ours
+                && nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
-                );
+                )
+                .is_ok()
+            {
+                killed.push(format!("{name} (pid {pid})"));
             }
         }
     }
+    report(&killed);
     if let Ok(netns) = std::fs::read_to_string(dir.join(NETNS_FILE)) {
         network::clean_up(Path::new(&netns));
     }
     remove_pod_dir(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exited(console: &str) -> String {
+        describe_exit(&hull_hypervisor::VmError::HelperExited {
+            name: "qemu",
+            pid: 42,
+            status: "exited with status 0".into(),
+            timeline: Box::new(hull_hypervisor::Timeline::new(std::time::Instant::now())),
+            console: console.into(),
+        })
+    }
+
+    #[test]
+    fn a_dead_process_is_named_with_its_last_console_line() {
+        assert_eq!(
+            exited("booting\nagent up\n\n[qemu log]\nqemu: terminating"),
+            "qemu (pid 42) exited with status 0; last console line: agent up"
+        );
+    }
+
+    #[test]
+    fn a_kernel_panic_is_reported_with_the_lines_before_it() {
+        let console = (1..=10)
+            .map(|n| format!("line {n}"))
+            .chain([
+                "[    3.1] Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b"
+                    .to_owned(),
+                "[    3.1] Call Trace:".to_owned(),
+                "[virtiofsd log]".to_owned(),
+                "virtiofsd: client disconnected".to_owned(),
+            ])
+            .collect::<Vec<_>>()
+            .join("\n");
+        let reason = exited(&console);
+        assert!(
+            reason.starts_with(
+                "the guest kernel panicked (Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b), then qemu (pid 42) exited with status 0; last console lines:\nline 6\n"
+            ),
+            "{reason}"
+        );
+        assert!(reason.ends_with("Call Trace:"), "{reason}");
+    }
 }

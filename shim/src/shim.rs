@@ -76,9 +76,27 @@ impl Shim for HullShim {
                 let dir = PathBuf::from(dir);
                 if served_by_live_shim(&dir) {
                     tracing::info!(pod = %dir.display(), "another shim still serves the pod");
+                } else if !dir.exists() {
+                    // The delete of another task of the pod came first.
+                    tracing::info!(pod = %dir.display(), "the pod is cleaned up already");
                 } else {
-                    tracing::info!(pod = %dir.display(), "cleaning up after a dead shim");
-                    crate::pod::clean_up_after_crash(&dir);
+                    let shim = std::fs::read_to_string(dir.join(SHIM_PID_FILE))
+                        .map_or_else(|_| "?".to_owned(), |pid| pid.trim().to_owned());
+                    // containerd logs what this command writes to stderr
+                    // ("cleanup warnings", or with the error if it gives
+                    // up on the command): say what died and what went,
+                    // first thing.
+                    crate::pod::clean_up_after_crash(&dir, |killed| {
+                        let killed = if killed.is_empty() {
+                            "nothing".to_owned()
+                        } else {
+                            killed.join(", ")
+                        };
+                        eprintln!(
+                            "containerd-shim-hull-v2 (pid {shim}) of pod {} is gone; killed what it left running: {killed}",
+                            dir.display()
+                        );
+                    });
                 }
             }
             Err(err) => tracing::info!(bundle = %self.bundle.display(), %err, "no pod recorded"),

@@ -1,7 +1,8 @@
 //! A container's OCI spec, turned from the host's view (containerd's bundle)
 //! into the guest's.
 //!
-//! - Namespaces lose their host paths, and the network namespace goes: the
+//! - Namespaces lose their host paths (but for CRI's PID namespace of the
+//!   sandbox, whose path names a guest pid), and the network namespace goes: the
 //!   pod's containers share the guest's network stack, the VM being the
 //!   pod's boundary.
 //! - Bind mounts and volumes are bound into the shared directory on the
@@ -78,13 +79,16 @@ pub fn for_guest(
         process.remove("apparmorProfile");
         process.remove("selinuxLabel");
     }
+    let from_cri = annotations(spec).contains_key(crate::tasks::SANDBOX_ID_ANNOTATION);
     if let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) {
         linux.remove("cgroupsPath");
         linux.remove("mountLabel");
         if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
             namespaces.retain(|ns| ns.get("type").and_then(Value::as_str) != Some("network"));
             for ns in namespaces.iter_mut().filter_map(Value::as_object_mut) {
-                ns.remove("path");
+                if !(from_cri && is_guest_pid_namespace(ns)) {
+                    ns.remove("path");
+                }
             }
         }
     }
@@ -148,6 +152,19 @@ pub fn for_guest(
     Ok(())
 }
 
+/// CRI's shared (pod) and node PID modes join `/proc/<pid>/ns/pid` of the
+/// sandbox container, by the pid this shim reported: a guest pid, so the
+/// path means the same in the guest (for node mode, the guest's own PID
+/// namespace, where the agent is PID 1).
+fn is_guest_pid_namespace(ns: &serde_json::Map<String, Value>) -> bool {
+    let path = ns.get("path").and_then(Value::as_str).unwrap_or_default();
+    ns.get("type").and_then(Value::as_str) == Some("pid")
+        && path
+            .strip_prefix("/proc/")
+            .and_then(|rest| rest.strip_suffix("/ns/pid"))
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +201,35 @@ mod tests {
         );
         assert_eq!(spec["mounts"][0]["type"], "proc");
         assert_eq!(spec["mounts"][1]["type"], "tmpfs");
+    }
+
+    #[test]
+    fn a_cri_pid_namespace_of_the_sandbox_keeps_its_guest_path() {
+        let spec = |annotations: Value| {
+            json!({
+                "annotations": annotations,
+                "linux": {"namespaces": [
+                    {"type": "pid", "path": "/proc/7/ns/pid"},
+                    {"type": "ipc", "path": "/proc/7/ns/ipc"}
+                ]}
+            })
+        };
+        let dir = tempfile::tempdir().expect("dir");
+        let shared = crate::mounts::SharedDir::for_tests(dir.path());
+        let mut mounts = ContainerMounts::default();
+        let mut cri = spec(json!({"io.kubernetes.cri.sandbox-id": "pod1"}));
+        for_guest(&mut cri, &shared, &dir.path().join("c1"), &mut mounts).expect("rewrite");
+        assert_eq!(
+            cri["linux"]["namespaces"],
+            json!([{"type": "pid", "path": "/proc/7/ns/pid"}, {"type": "ipc"}])
+        );
+        // A path given to ctr is the host's.
+        let mut ctr = spec(json!({}));
+        for_guest(&mut ctr, &shared, &dir.path().join("c2"), &mut mounts).expect("rewrite");
+        assert_eq!(
+            ctr["linux"]["namespaces"],
+            json!([{"type": "pid"}, {"type": "ipc"}])
+        );
     }
 
     #[test]

@@ -21,7 +21,10 @@ const STDIN_CHUNK: usize = 32 * 1024;
 /// The copiers of one process.
 #[derive(Debug, Default)]
 pub struct Copiers {
-    outputs: Vec<JoinHandle<()>>,
+    /// Each hands its FIFO back when its stream ends, so that a lost
+    /// process's report can follow the output before the reader sees end
+    /// of file.
+    outputs: Vec<JoinHandle<Output>>,
     stdin: Option<StdinCopier>,
 }
 
@@ -64,6 +67,7 @@ impl Copiers {
                         break;
                     }
                 }
+                Output { stream, fifo }
             }));
         }
         if !paths.stdin.is_empty() {
@@ -75,12 +79,23 @@ impl Copiers {
         Ok(copiers)
     }
 
-    /// Waits until every output was copied, then stops copying stdin.
-    pub async fn finish(mut self) {
-        for output in self.outputs.drain(..) {
-            let _ = output.await;
+    /// Waits up to `timeout` until every output was copied (a copier still
+    /// busy then is stopped, so that its reader sees end of file), then
+    /// stops copying stdin. Returns the output FIFOs, still open.
+    pub async fn finish(mut self, timeout: std::time::Duration) -> Vec<Output> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut fifos = Vec::new();
+        for mut output in std::mem::take(&mut self.outputs) {
+            match tokio::time::timeout_at(deadline, &mut output).await {
+                Ok(copied) => fifos.extend(copied.ok()),
+                Err(_) => {
+                    tracing::warn!("output did not drain");
+                    output.abort();
+                }
+            }
         }
         self.close_stdin();
+        fifos
     }
 
     /// Stops copying stdin (CloseIO, or the process ended).
@@ -138,6 +153,30 @@ fn copy_stdin(mut agent: Agent, process: api::ProcessRef, path: PathBuf) -> Join
             })
             .await;
     })
+}
+
+/// One output FIFO of a process.
+#[derive(Debug)]
+pub struct Output {
+    stream: api::OutputStream,
+    fifo: pipe::Sender,
+}
+
+/// Tells whoever reads a lost process's output why it was lost, after
+/// everything it wrote: `ctr` prints it, and in a CRI container log it
+/// becomes the termination message of a pod with `FallbackToLogsOnError`.
+/// It goes to stderr, or stdout when that is all there is (a tty).
+pub async fn report_lost(outputs: Vec<Output>, message: &str) {
+    let stderr = outputs
+        .iter()
+        .position(|output| output.stream == api::OutputStream::Stderr);
+    let Some(mut output) = outputs.into_iter().nth(stderr.unwrap_or_default()) else {
+        return;
+    };
+    let line = format!("hull: {message}\n");
+    if let Err(err) = output.fifo.write_all(line.as_bytes()).await {
+        tracing::debug!(%err, "reporting a lost process");
+    }
 }
 
 /// A reader blocked opening a FIFO waits for a writer: be that writer for a

@@ -18,7 +18,7 @@ use crate::error::{Result, ShimError};
 use crate::events::{Events, timestamp};
 use crate::mounts::ContainerMounts;
 use crate::pod::{Pod, PodSpec};
-use crate::stdio::Copiers;
+use crate::stdio::{Copiers, report_lost};
 use crate::task::{Container, Event, Exit, Process, ProcessId, Status, StdioPaths};
 
 /// CRI's annotations: the pod a container belongs to, and its role.
@@ -107,6 +107,18 @@ impl Tasks {
                 .and_then(|h| h.as_str())
                 .unwrap_or_default()
                 .to_owned();
+            // Recorded before the boot, so that the `delete` command finds
+            // the pod's VM if this shim dies while it boots.
+            let record = pod_dir_record(&bundle);
+            std::fs::write(
+                &record,
+                config
+                    .state_dir
+                    .join(&pod_id)
+                    .as_os_str()
+                    .as_encoded_bytes(),
+            )
+            .map_err(ShimError::io(format!("writing {}", record.display())))?;
             let pod = Pod::start(
                 &config,
                 &PodSpec {
@@ -296,14 +308,14 @@ impl Tasks {
                 waited = agent.wait_process(agent_api::WaitProcessRequest { process: Some(id.to_agent()) }) => Some(waited),
                 _ = gone.wait_for(Option::is_some) => None,
             };
-            let exit = match waited {
+            // The exit, and why the process was lost if its VM died under it.
+            let (exit, lost) = match waited {
                 Some(Ok(response)) => {
                     let response = response.into_inner();
-                    Exit {
-                        status: response.exit_status as u32,
-                        at: SystemTime::UNIX_EPOCH
-                            + Duration::from_nanos(response.exited_at_unix_nanos.max(0) as u64),
-                    }
+                    let at = SystemTime::UNIX_EPOCH
+                        + Duration::from_nanos(response.exited_at_unix_nanos.max(0) as u64);
+                    let status = response.exit_status as u32;
+                    (Exit { status, at }, None)
                 }
                 Some(Err(status)) => {
                     // Most often the VM died under the process: say what died.
@@ -317,27 +329,21 @@ impl Tasks {
                         _ => status.to_string(),
                     };
                     tracing::error!(process = %id, %reason, "lost the process");
-                    Exit {
-                        status: VM_GONE_EXIT_STATUS,
-                        at: SystemTime::now(),
-                    }
+                    (lost_exit(), Some(reason))
                 }
                 None => {
                     let reason = gone.borrow().clone().unwrap_or_default();
                     tracing::error!(process = %id, %reason, "the process's VM is gone");
-                    Exit {
-                        status: VM_GONE_EXIT_STATUS,
-                        at: SystemTime::now(),
-                    }
+                    (lost_exit(), Some(reason))
                 }
             };
             let copiers = tasks.state.lock().await.copiers.remove(&id);
-            if let Some(copiers) = copiers
-                && tokio::time::timeout(DRAIN_TIMEOUT, copiers.finish())
-                    .await
-                    .is_err()
-            {
-                tracing::warn!(process = %id, "output did not drain");
+            let outputs = match copiers {
+                Some(copiers) => copiers.finish(DRAIN_TIMEOUT).await,
+                None => Vec::new(),
+            };
+            if let Some(reason) = lost {
+                report_lost(outputs, &format!("the pod's VM is gone: {reason}")).await;
             }
             tasks.record_exit(&id, pid, exit).await;
         });
@@ -683,6 +689,14 @@ impl Tasks {
             pod.stop().await;
         }
         self.exit.signal();
+    }
+}
+
+/// A process whose VM died under it.
+fn lost_exit() -> Exit {
+    Exit {
+        status: VM_GONE_EXIT_STATUS,
+        at: SystemTime::now(),
     }
 }
 

@@ -28,6 +28,9 @@ pub struct PodSpec {
     pub runtime_handler: String,
     /// In the node's network namespace; otherwise CNI gives the pod one.
     pub host_network: bool,
+    /// In the node's PID namespace (for a hull: the guest's, where the agent
+    /// is PID 1); otherwise each container has its own.
+    pub host_pid: bool,
     /// Where container logs go; [`ContainerSpec::log_path`] is relative to it.
     pub log_directory: PathBuf,
 }
@@ -42,6 +45,7 @@ impl PodSpec {
             uid: crate::unique_id("uid"),
             runtime_handler: runtime_handler.into(),
             host_network: true,
+            host_pid: false,
             log_directory: log_directory.into(),
         }
     }
@@ -54,7 +58,11 @@ impl PodSpec {
         };
         cri::NamespaceOption {
             network: network as i32,
-            pid: cri::NamespaceMode::Container as i32,
+            pid: if self.host_pid {
+                cri::NamespaceMode::Node
+            } else {
+                cri::NamespaceMode::Container
+            } as i32,
             ipc: cri::NamespaceMode::Pod as i32,
             ..Default::default()
         }
@@ -124,6 +132,8 @@ pub struct ContainerSpec {
     pub log_path: String,
     pub env: Vec<(String, String)>,
     pub mounts: Vec<BindMount>,
+    /// Capabilities added to the default set (`SYS_PTRACE`).
+    pub add_capabilities: Vec<String>,
 }
 
 impl ContainerSpec {
@@ -308,6 +318,10 @@ impl CriClient {
             linux: Some(cri::LinuxContainerConfig {
                 security_context: Some(cri::LinuxContainerSecurityContext {
                     namespace_options: Some(pod.spec.namespace_options()),
+                    capabilities: Some(cri::Capability {
+                        add_capabilities: spec.add_capabilities.clone(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()

@@ -7,6 +7,7 @@ pub mod confinement;
 pub mod containerd;
 pub mod cri;
 pub mod driver;
+pub mod faults;
 pub mod hull_runtime;
 pub mod image;
 pub mod kvm_host;

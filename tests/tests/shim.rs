@@ -260,7 +260,9 @@ fn a_killed_vmm_ends_the_task_with_an_error_and_is_cleaned_up() {
     }
     // The shim logged what died.
     assert!(
-        rt.containerd.log().contains(&format!("{name} exited")),
+        rt.containerd
+            .log()
+            .contains(&format!("{name} (pid {vmm}) was killed by SIGKILL")),
         "{}",
         rt.containerd.log_tail(40)
     );

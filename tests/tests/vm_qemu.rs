@@ -207,7 +207,10 @@ fn virtiofsd_killed_during_boot_is_named_and_cleaned_up() {
         .wait_for_agent(hull_proto::v1::AGENT_VSOCK_PORT, BOOT_TIMEOUT)
         .expect_err("the boot should fail")
         .to_string();
-    assert!(err.starts_with("virtiofsd exited during boot"), "{err}");
+    assert!(
+        err.starts_with("virtiofsd (pid ") && err.contains(" was killed by SIGKILL during boot"),
+        "{err}"
+    );
     assert!(err.contains("timeline: VMM started"), "{err}");
     drop(vm);
     for (name, pid) in pids {
