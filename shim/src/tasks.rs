@@ -28,6 +28,9 @@ pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 pub const VM_GONE_EXIT_STATUS: u32 = 255;
 /// How long output copiers may take once the VM is gone.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a shim whose pod failed to start waits for containerd's
+/// Shutdown before it exits on its own (`Tasks::exit_if_abandoned`).
+const ABANDONED_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default)]
 struct State {
@@ -83,6 +86,38 @@ impl Tasks {
     }
 
     pub async fn create(&self, request: api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
+        let result = self.create_task(request).await;
+        if result.is_err() {
+            self.exit_if_abandoned();
+        }
+        result
+    }
+
+    /// After a failed Create: containerd normally sends Shutdown next, and
+    /// the shim goes. But when its caller gave up first (a kubelet's
+    /// RunPodSandbox deadline while the VM was still booting), containerd
+    /// has already cleaned up and disconnected, and nothing ever would: the
+    /// soak found such shims left running. A shim with neither a pod nor a
+    /// task [`ABANDONED_GRACE`] after a failed Create exits by itself.
+    fn exit_if_abandoned(&self) {
+        let tasks = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(ABANDONED_GRACE).await;
+            let state = tasks.state.lock().await;
+            if state.pod.is_none() && state.containers.is_empty() {
+                tracing::warn!(
+                    grace_secs = ABANDONED_GRACE.as_secs(),
+                    "no pod and no task after a failed create: exiting"
+                );
+                tasks.exit.signal();
+            }
+        });
+    }
+
+    async fn create_task(
+        &self,
+        request: api::CreateTaskRequest,
+    ) -> Result<api::CreateTaskResponse> {
         let id = request.id.clone();
         check_id("id", &id)?;
         let bundle = PathBuf::from(&request.bundle);
@@ -140,6 +175,7 @@ impl Tasks {
             &rootfs,
         )?;
         crate::spec::for_guest(&mut spec, pod.shared(), &container_dir, &mut mounts)?;
+        crate::spec::limit_pids(&mut spec, pod.default_pids_limit);
         let guest_rootfs = pod
             .shared()
             .guest_path(&rootfs)
