@@ -96,6 +96,26 @@ impl Scope {
     pub fn track(&mut self, namespace: &str, id: &str) {
         self.tasks.insert((namespace.to_owned(), id.to_owned()));
     }
+
+    /// Tracks the task of every shim of this containerd running now: a pod
+    /// whose RunPodSandbox failed never told the caller its id.
+    pub fn track_running_shims(&mut self) {
+        let address = self.address.display().to_string();
+        for (_, (_, cmdline)) in process_table() {
+            let args: Vec<&str> = cmdline.split(' ').collect();
+            let flag = |name: &str| {
+                args.windows(2)
+                    .find(|pair| pair[0] == name)
+                    .map(|pair| pair[1].to_owned())
+            };
+            if flag("-address").as_deref() != Some(&*address) {
+                continue;
+            }
+            if let (Some(namespace), Some(id)) = (flag("-namespace"), flag("-id")) {
+                self.tasks.insert((namespace, id));
+            }
+        }
+    }
 }
 
 /// Everything of [`Kind`] found at one moment; see the module documentation.

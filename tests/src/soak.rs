@@ -86,11 +86,10 @@ impl Soak {
         let name = format!("soak-{cycle}");
         let mut spec = PodSpec::new(&name, HULL_HANDLER, &self.logs.join(&name));
         spec.host_network = false;
-        let pod = self
-            .client
-            .run_pod(&spec)
-            .await
-            .map_err(|err| fail("RunPodSandbox", err.to_string()))?;
+        let pod = self.client.run_pod(&spec).await.map_err(|err| {
+            self.scope.track_running_shims();
+            fail("RunPodSandbox", err.to_string())
+        })?;
         self.scope.track(CRI_NAMESPACE, &pod.id);
         let result = self.run_one_container(&pod).await;
         // The pod goes whatever happened to the container.
