@@ -18,7 +18,7 @@ use crate::mounts::{GUEST_SHARED_DIR, SharedDir, unmount_below};
 use crate::network::{self, Attached, PodNetwork};
 
 /// Under TCG a boot takes seconds; this only bounds one that hangs.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// From agent-ready to the sandbox set up in the guest: well under a second
 /// normally, even emulated.
 const CREATE_SANDBOX_TIMEOUT: Duration = Duration::from_secs(60);

@@ -28,8 +28,9 @@ pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 pub const VM_GONE_EXIT_STATUS: u32 = 255;
 /// How long output copiers may take once the VM is gone.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a shim whose pod failed to start waits for containerd's
-/// Shutdown before it exits on its own (`Tasks::exit_if_abandoned`).
+/// How long, after the boot timeout, a shim whose pod never started waits
+/// for containerd's Shutdown before it exits on its own
+/// (`Tasks::exit_if_abandoned`).
 const ABANDONED_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default)]
@@ -86,29 +87,27 @@ impl Tasks {
     }
 
     pub async fn create(&self, request: api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
-        let result = self.create_task(request).await;
-        if result.is_err() {
+        if self.state.lock().await.pod.is_none() {
             self.exit_if_abandoned();
         }
-        result
+        self.create_task(request).await
     }
 
-    /// After a failed Create: containerd normally sends Shutdown next, and
-    /// the shim goes. But when its caller gave up first (a kubelet's
-    /// RunPodSandbox deadline while the VM was still booting), containerd
-    /// has already cleaned up and disconnected, and nothing ever would: the
-    /// soak found such shims left running. A shim with neither a pod nor a
-    /// task [`ABANDONED_GRACE`] after a failed Create exits by itself.
+    /// After the first Create: if it failed, containerd normally sends
+    /// Shutdown next and the shim goes. But when the caller gave up first (a
+    /// kubelet's RunPodSandbox deadline while the VM was still booting),
+    /// containerd cleans up, disconnects and drops the request, and nothing
+    /// would ever stop the shim: the soak found such shims left running. So
+    /// once any boot has ended (the boot timeout) and a grace period after,
+    /// a shim with neither a pod nor a task exits by itself.
     fn exit_if_abandoned(&self) {
         let tasks = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(ABANDONED_GRACE).await;
+            tokio::time::sleep(crate::pod::BOOT_TIMEOUT + ABANDONED_GRACE).await;
+            // Waits for a Create still in progress.
             let state = tasks.state.lock().await;
             if state.pod.is_none() && state.containers.is_empty() {
-                tracing::warn!(
-                    grace_secs = ABANDONED_GRACE.as_secs(),
-                    "no pod and no task after a failed create: exiting"
-                );
+                tracing::warn!("no pod started and no task: exiting");
                 tasks.exit.signal();
             }
         });
