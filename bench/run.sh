@@ -5,6 +5,11 @@
 # for a check that it works; see bench/src/bin/bench-all/main.rs).
 #
 #   sudo bash bench/run.sh [--quick] [--out FILE] [--skip-kvm-host]
+#   sudo bash bench/run.sh --soak N [--check-every K] [--out FILE]
+#
+# `--soak N` runs only the soak instead (bench/src/bin/soak.rs): N pod
+# create/delete cycles with a leak check every K (50), written into its own
+# section of bench/RESULTS.md at every check.
 #
 # It needs what `sudo bash scripts/test.sh` builds and installs: the guest
 # image (HULL_GUEST_DIR, by default /var/cache/hull/guest), the KVM test
@@ -18,4 +23,9 @@ prefix=""
 if [ -n "${HULL_GUEST_DIR:-}" ]; then prefix+="HULL_GUEST_DIR=$HULL_GUEST_DIR "; fi
 if [ "$CARGO_TARGET_DIR" != /var/cache/hull/target ]; then prefix+="CARGO_TARGET_DIR=$CARGO_TARGET_DIR "; fi
 command="sudo ${prefix}bash bench/run.sh${*:+ $*}"
+if [ "${1:-}" = --soak ]; then
+  cycles="${2:?--soak takes a number of cycles}"
+  shift 2
+  exec "$CARGO_TARGET_DIR/release/soak" --cycles "$cycles" --command "$command" "$@"
+fi
 exec "$CARGO_TARGET_DIR/release/bench-all" --command "$command" "$@"

@@ -99,7 +99,7 @@ async fn serve_until(
                 })?;
             tracing::info!(port, "serving on vsock");
             router
-                .serve_with_incoming_shutdown(listener.incoming(), stop)
+                .serve_with_incoming_shutdown(from_the_host(listener), stop)
                 .await?;
         }
         Listen::Unix(path) => {
@@ -118,9 +118,50 @@ async fn serve_until(
     Ok(())
 }
 
+/// Only the host may talk to the agent. A container in the guest can open
+/// a vsock socket too and reach this port through the guest's own CID or
+/// the local one (the escape tests did), which would give it the whole API:
+/// exec in any container of the pod, create a privileged one, end the
+/// sandbox. The host's connections come from CID 2 (VMADDR_CID_HOST) with
+/// both VMMs; every other peer is dropped as it is accepted.
+fn from_the_host(
+    listener: VsockListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio_vsock::VsockStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) if is_the_host(peer.cid()) => {
+                    return Some((Ok(stream), listener));
+                }
+                Ok((_, peer)) => {
+                    tracing::warn!(
+                        cid = peer.cid(),
+                        port = peer.port(),
+                        "refused a vsock connection that is not from the host"
+                    );
+                }
+                Err(err) => return Some((Err(err), listener)),
+            }
+        }
+    })
+}
+
+fn is_the_host(cid: u32) -> bool {
+    cid == tokio_vsock::VMADDR_CID_HOST
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_hosts_cid_may_connect() {
+        assert!(is_the_host(2));
+        // Local (loopback), the guest's own CID as both VMMs give it, any.
+        for cid in [1, 3, 42, u32::MAX] {
+            assert!(!is_the_host(cid), "{cid}");
+        }
+    }
 
     #[test]
     fn parses_listen_addresses() {

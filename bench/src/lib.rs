@@ -1,6 +1,7 @@
 //! Shared pieces of Hull's benchmarks.
 
 pub mod boot;
+pub mod results;
 
 /// `a / b`, printed with two decimals; "-" when `b` is zero.
 pub fn ratio(a: f64, b: f64) -> String {

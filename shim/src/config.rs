@@ -28,6 +28,7 @@ struct File {
     default_memory_mib: Option<u32>,
     max_vcpus: Option<u32>,
     max_memory_mib: Option<u32>,
+    default_pids_limit: Option<u32>,
     log_level: Option<String>,
     state_dir: Option<PathBuf>,
     agent_policy_file: Option<PathBuf>,
@@ -45,6 +46,10 @@ pub struct Config {
     pub default_memory_mib: u32,
     pub max_vcpus: u32,
     pub max_memory_mib: u32,
+    /// `pids.max` of every container whose spec sets no pids limit; 0 for
+    /// none. The kubelet's pod pids limit bounds only the host's side of a
+    /// pod (shim, VMM), never the processes in its guest.
+    pub default_pids_limit: u32,
     pub log_level: String,
     /// Where each pod gets its directory (shared directory, sockets, logs).
     pub state_dir: PathBuf,
@@ -64,6 +69,7 @@ impl Default for Config {
             default_memory_mib: 512,
             max_vcpus: 8,
             max_memory_mib: 16384,
+            default_pids_limit: 4096,
             log_level: "info".into(),
             state_dir: PathBuf::from("/run/hull"),
             agent_policy_file: None,
@@ -100,6 +106,9 @@ impl Config {
                 .unwrap_or(defaults.default_memory_mib),
             max_vcpus: file.max_vcpus.unwrap_or(defaults.max_vcpus),
             max_memory_mib: file.max_memory_mib.unwrap_or(defaults.max_memory_mib),
+            default_pids_limit: file
+                .default_pids_limit
+                .unwrap_or(defaults.default_pids_limit),
             log_level: file.log_level.unwrap_or(defaults.log_level),
             state_dir: file.state_dir.unwrap_or(defaults.state_dir),
             agent_policy_file: file.agent_policy_file,
@@ -280,6 +289,7 @@ default_vcpus = 2
 default_memory_mib = 256
 max_vcpus = 4
 max_memory_mib = 1024
+default_pids_limit = 100
 log_level = "debug"
 state_dir = "/run/h"
 agent_policy_file = "/etc/hull/p.toml"
@@ -289,6 +299,7 @@ agent_policy_file = "/etc/hull/p.toml"
         assert_eq!(config.backend, BackendKind::Qemu);
         assert_eq!((config.default_vcpus, config.default_memory_mib), (2, 256));
         assert_eq!((config.max_vcpus, config.max_memory_mib), (4, 1024));
+        assert_eq!(config.default_pids_limit, 100);
         assert_eq!(config.state_dir, PathBuf::from("/run/h"));
         assert_eq!(
             config.agent_policy_file,
@@ -312,6 +323,7 @@ agent_policy_file = "/etc/hull/p.toml"
             ("state_dir = \"run\"", "state_dir"),
             ("agent_policy_file = \"policy.toml\"", "agent_policy_file"),
             ("default_vcpus = \"two\"", "default_vcpus"),
+            ("default_pids_limit = -1", "default_pids_limit"),
             ("vcpus = 2", "vcpus"),
         ] {
             assert_eq!(field_of(text), field, "{text}");

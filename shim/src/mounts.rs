@@ -120,13 +120,13 @@ impl ContainerMounts {
     }
 
     /// Mounts the container's rootfs at `target`: containerd's mounts (an
-    /// overlay from the snapshotter, usually), or else the bundle's `rootfs`
-    /// directory.
-    pub fn rootfs(&mut self, mounts: &[Mount], bundle: &Path, target: &Path) -> Result<()> {
+    /// overlay from the snapshotter, usually), or else `root`, the spec's
+    /// root directory (`ctr run --rootfs`, a bundle with its own rootfs).
+    pub fn rootfs(&mut self, mounts: &[Mount], root: &Path, target: &Path) -> Result<()> {
         std::fs::create_dir_all(target)
             .map_err(ShimError::io(format!("creating {}", target.display())))?;
         if mounts.is_empty() {
-            return self.bind(&bundle.join("rootfs"), target, false);
+            return self.bind(root, target, false);
         }
         for (index, rootfs) in mounts.iter().enumerate() {
             let source = (!rootfs.source.is_empty()).then_some(rootfs.source.as_str());

@@ -18,7 +18,10 @@ use crate::mounts::{GUEST_SHARED_DIR, SharedDir, unmount_below};
 use crate::network::{self, Attached, PodNetwork};
 
 /// Under TCG a boot takes seconds; this only bounds one that hangs.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// From agent-ready to the sandbox set up in the guest: well under a second
+/// normally, even emulated.
+const CREATE_SANDBOX_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the guest gets to power itself off after DestroySandbox.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the VM's processes are checked on.
@@ -68,6 +71,9 @@ pub struct Pod {
     watcher: tokio::task::JoinHandle<()>,
     /// The tc mirroring of the pod's interfaces, undone after the VM stops.
     network: Option<PodNetwork>,
+    /// The config's `default_pids_limit`, for every container of the pod
+    /// (the config is read once, when the pod starts).
+    pub default_pids_limit: u32,
     // Dropped after the VM: virtiofsd holds it.
     shared: SharedDir,
 }
@@ -153,6 +159,7 @@ impl Pod {
                 gone,
                 watcher,
                 network,
+                default_pids_limit: config.default_pids_limit,
                 shared,
             }),
             Err(err) => Err((err, network)),
@@ -202,22 +209,36 @@ impl Pod {
         .map_err(|err| ShimError::VmGone(format!("the boot task failed: {err}")))??;
         let uds = vm.vsock_uds().to_owned();
         let vm = Arc::new(Mutex::new(Some(vm)));
-        let mut agent = agent::connect(uds).await?;
-        agent
-            .create_sandbox(api::CreateSandboxRequest {
-                hostname: spec.hostname.clone(),
-                mounts: vec![api::SharedMount {
-                    source: SHARED_FS_TAG.into(),
-                    target: GUEST_SHARED_DIR.into(),
-                    fstype: "virtiofs".into(),
-                    ..Default::default()
-                }],
-                interfaces: network.interfaces,
-                routes: network.routes,
-                policy,
+        let sandbox_request = api::CreateSandboxRequest {
+            hostname: spec.hostname.clone(),
+            mounts: vec![api::SharedMount {
+                source: SHARED_FS_TAG.into(),
+                target: GUEST_SHARED_DIR.into(),
+                fstype: "virtiofs".into(),
                 ..Default::default()
-            })
-            .await?;
+            }],
+            interfaces: network.interfaces,
+            routes: network.routes,
+            policy,
+            ..Default::default()
+        };
+        // Bounded: a guest that accepted the vsock connection and then
+        // hangs (the soak saw one in a few dozen QEMU TCG boots) must fail
+        // the pod, whose VM then goes with `vm`, rather than hold
+        // RunPodSandbox forever.
+        let set_up = async {
+            let mut agent = agent::connect(uds).await?;
+            agent.create_sandbox(sandbox_request).await?;
+            Ok::<_, ShimError>(agent)
+        };
+        let agent = tokio::time::timeout(CREATE_SANDBOX_TIMEOUT, set_up)
+            .await
+            .map_err(|_| {
+                ShimError::VmGone(format!(
+                    "the agent did not answer CreateSandbox within {} s",
+                    CREATE_SANDBOX_TIMEOUT.as_secs()
+                ))
+            })??;
         let (gone_tx, gone) = watch::channel(None);
         let watcher = tokio::spawn(watch_vm(Arc::clone(&vm), gone_tx));
         Ok(Booted {

@@ -165,9 +165,47 @@ fn is_guest_pid_namespace(ns: &serde_json::Map<String, Value>) -> bool {
             .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// Gives a container whose spec sets no pids limit the configured default
+/// (`default_pids_limit`, 0 for none), which the guest's libcontainer then
+/// writes to the container cgroup's `pids.max`. A limit the spec sets, even
+/// an unlimited one, stays.
+pub fn limit_pids(spec: &mut Value, default: u32) {
+    if default == 0 {
+        return;
+    }
+    let Some(root) = spec.as_object_mut() else {
+        return;
+    };
+    let linux = root.entry("linux").or_insert_with(|| json!({}));
+    let Some(linux) = linux.as_object_mut() else {
+        return;
+    };
+    let resources = linux.entry("resources").or_insert_with(|| json!({}));
+    let Some(resources) = resources.as_object_mut() else {
+        return;
+    };
+    if resources.get("pids").is_none_or(Value::is_null) {
+        resources.insert("pids".into(), json!({ "limit": default }));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_pids_limit_fills_in_only_what_the_spec_leaves_out() {
+        let mut bare = json!({"process": {"args": ["sh"]}});
+        limit_pids(&mut bare, 64);
+        assert_eq!(bare["linux"]["resources"]["pids"], json!({"limit": 64}));
+        let mut own = json!({"linux": {"resources": {"pids": {"limit": -1}, "devices": []}}});
+        limit_pids(&mut own, 64);
+        assert_eq!(own["linux"]["resources"]["pids"], json!({"limit": -1}));
+        assert_eq!(own["linux"]["resources"]["devices"], json!([]));
+        let mut off = json!({});
+        limit_pids(&mut off, 0);
+        assert_eq!(off, json!({}));
+    }
 
     #[test]
     fn host_only_parts_go_and_namespaces_lose_their_paths() {

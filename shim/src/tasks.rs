@@ -28,6 +28,10 @@ pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 pub const VM_GONE_EXIT_STATUS: u32 = 255;
 /// How long output copiers may take once the VM is gone.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long, after the boot timeout, a shim whose pod never started waits
+/// for containerd's Shutdown before it exits on its own
+/// (`Tasks::exit_if_abandoned`).
+const ABANDONED_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default)]
 struct State {
@@ -83,6 +87,36 @@ impl Tasks {
     }
 
     pub async fn create(&self, request: api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
+        if self.state.lock().await.pod.is_none() {
+            self.exit_if_abandoned();
+        }
+        self.create_task(request).await
+    }
+
+    /// After the first Create: if it failed, containerd normally sends
+    /// Shutdown next and the shim goes. But when the caller gave up first (a
+    /// kubelet's RunPodSandbox deadline while the VM was still booting),
+    /// containerd cleans up, disconnects and drops the request, and nothing
+    /// would ever stop the shim: the soak found such shims left running. So
+    /// once any boot has ended (the boot timeout) and a grace period after,
+    /// a shim with neither a pod nor a task exits by itself.
+    fn exit_if_abandoned(&self) {
+        let tasks = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(crate::pod::BOOT_TIMEOUT + ABANDONED_GRACE).await;
+            // Waits for a Create still in progress.
+            let state = tasks.state.lock().await;
+            if state.pod.is_none() && state.containers.is_empty() {
+                tracing::warn!("no pod started and no task: exiting");
+                tasks.exit.signal();
+            }
+        });
+    }
+
+    async fn create_task(
+        &self,
+        request: api::CreateTaskRequest,
+    ) -> Result<api::CreateTaskResponse> {
         let id = request.id.clone();
         check_id("id", &id)?;
         let bundle = PathBuf::from(&request.bundle);
@@ -152,6 +186,7 @@ impl Tasks {
             &rootfs,
         )?;
         crate::spec::for_guest(&mut spec, pod.shared(), &container_dir, &mut mounts)?;
+        crate::spec::limit_pids(&mut spec, pod.default_pids_limit);
         let guest_rootfs = pod
             .shared()
             .guest_path(&rootfs)

@@ -35,7 +35,16 @@ impl HullRuntime {
         Self::start_with(namespace, true, true)
     }
 
+    /// [`Self::start`] with `extra` (TOML lines) added to the Hull config.
+    pub fn start_with_config(namespace: &str, cri: bool, extra: &str) -> Self {
+        Self::start_with_options(namespace, cri, false, extra)
+    }
+
     fn start_with(namespace: &str, cri: bool, cni_bridge: bool) -> Self {
+        Self::start_with_options(namespace, cri, cni_bridge, "")
+    }
+
+    fn start_with_options(namespace: &str, cri: bool, cni_bridge: bool, extra: &str) -> Self {
         // Short: pod directories hold Unix sockets.
         let dir = tempfile::Builder::new()
             .prefix("hs-")
@@ -47,7 +56,7 @@ impl HullRuntime {
         std::fs::write(
             &config_path,
             format!(
-                "kernel = {kernel:?}\ninitrd = {initrd:?}\nhull_vmm = {:?}\nstate_dir = {state_dir:?}\ndefault_memory_mib = {TEST_MEMORY_MIB}\nlog_level = \"debug\"\n",
+                "kernel = {kernel:?}\ninitrd = {initrd:?}\nhull_vmm = {:?}\nstate_dir = {state_dir:?}\ndefault_memory_mib = {TEST_MEMORY_MIB}\nlog_level = \"debug\"\n{extra}",
                 crate::workspace_binary("hull-vmm").display().to_string(),
             ),
         )

@@ -11,8 +11,10 @@ pub mod faults;
 pub mod hull_runtime;
 pub mod image;
 pub mod kvm_host;
+pub mod leaks;
 pub mod peer;
 pub mod rootfs;
+pub mod soak;
 pub mod spec;
 pub mod vm;
 
