@@ -91,6 +91,28 @@ impl Scope {
         }
     }
 
+    /// Makes containerd run a garbage collection and wait for it: deleting
+    /// a fresh lease with `--sync` does, in every namespace's metadata.
+    pub fn collect_garbage(&self) {
+        let ctr = |args: &[&str]| {
+            std::process::Command::new("ctr")
+                .arg("--address")
+                .arg(&self.address)
+                .args(["-n", "k8s.io"])
+                .args(args)
+                .output()
+                .ok()
+                .filter(|output| output.status.success())
+                .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+        };
+        if let Some(created) = ctr(&["leases", "create"]) {
+            // "Created lease with ID ..."
+            if let Some(id) = created.split_whitespace().last() {
+                let _ = ctr(&["leases", "delete", "--sync", id]);
+            }
+        }
+    }
+
     /// Looks for the shim socket and cgroups of task (or sandbox) `id` in
     /// containerd namespace `namespace` from now on.
     pub fn track(&mut self, namespace: &str, id: &str) {
@@ -268,10 +290,20 @@ impl fmt::Display for Leaks {
 /// diff.
 pub fn wait_for_no_leaks(scope: &Scope, baseline: &Snapshot, patience: Duration) -> Leaks {
     let deadline = Instant::now() + patience;
+    let mut last_collection = Instant::now();
     loop {
         let leaks = Snapshot::take(scope).leaks_since(baseline);
         if leaks.is_empty() || Instant::now() >= deadline {
             return leaks;
+        }
+        // containerd removes a deleted snapshot's directory in its garbage
+        // collection, which only runs after further deletions and retries
+        // a directory it could not remove then (still mounted by a shim
+        // that had not unmounted yet). Collecting now tells such a
+        // directory from a snapshot containerd still holds.
+        if last_collection.elapsed() >= Duration::from_secs(5) {
+            scope.collect_garbage();
+            last_collection = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(200));
     }
