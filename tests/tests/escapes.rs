@@ -14,7 +14,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hull_tests::containerd::{CRI_NAMESPACE, HULL_HANDLER};
@@ -27,14 +26,7 @@ const NS: &str = "hull-escape";
 const RUNTIME: &str = "io.containerd.hull.v2";
 const PIDS_LIMIT: u64 = 64;
 
-/// One pod VM at a time: they are emulated, and two cores are few.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use hull_tests::serial;
 
 fn start() -> HullRuntime {
     HullRuntime::start_with_config(NS, true, &format!("default_pids_limit = {PIDS_LIMIT}\n"))

@@ -26,7 +26,6 @@
 //! suite in the KVM test host, where the backend is hull-vmm.
 
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use hull_tests::containerd::HULL_HANDLER;
@@ -49,14 +48,7 @@ const VM_GONE: u32 = 255;
 /// What containerd is told of tasks whose shim died (as by runc's shim).
 const SHIM_GONE: u32 = 137;
 
-/// One pod VM at a time: they are emulated, and two cores are few.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use hull_tests::serial;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -8,7 +8,6 @@
 //! tests in it, where the default backend is hull-vmm.
 
 use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hull_tests::containerd::HULL_HANDLER;
@@ -22,14 +21,7 @@ const RUNTIME: &str = "io.containerd.hull.v2";
 /// Set in the KVM test host: the VMM every pod there must run under.
 const EXPECT_BACKEND: &str = "HULL_EXPECT_BACKEND";
 
-/// One pod VM at a time: they are emulated, and two cores are few.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use hull_tests::serial;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
