@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod crash;
 pub mod error;
 pub mod events;
 pub mod logging;

@@ -413,7 +413,7 @@ fn record_pids(path: &Path, vm: &Vm) -> Result<()> {
 }
 
 /// Removes a pod directory after unmounting whatever is still mounted in it.
-fn remove_pod_dir(dir: &Path) {
+pub(crate) fn remove_pod_dir(dir: &Path) {
     unmount_below(dir);
     if let Err(err) = std::fs::remove_dir_all(dir)
         && err.kind() != std::io::ErrorKind::NotFound
@@ -431,44 +431,6 @@ impl Drop for DirGuard {
             remove_pod_dir(&dir);
         }
     }
-}
-
-/// The cleanup after a shim crash: kills the pod's VM processes listed in
-/// its pids file (only if they still are what the file says), unmounts and
-/// removes the pod directory. `report` hears of the processes it killed
-/// ("qemu (pid 42)") as soon as they are, before the slower rest.
-pub fn clean_up_after_crash(dir: &Path, report: impl FnOnce(&[String])) {
-    let mut killed = Vec::new();
-    if let Ok(text) = std::fs::read_to_string(dir.join(PIDS_FILE)) {
-        for line in text.lines() {
-            let mut fields = line.split_whitespace();
-            let (Some(name), Some(pid)) = (
-                fields.next(),
-                fields.next().and_then(|p| p.parse::<i32>().ok()),
-            ) else {
-                continue;
-            };
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            // comm is at most 15 bytes: compare prefixes.
-            let comm = comm.trim();
-            let ours = !comm.is_empty() && name.starts_with(comm)
-                || comm.starts_with("qemu") && name == "qemu";
-            if ours
-                && nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                )
-                .is_ok()
-            {
-                killed.push(format!("{name} (pid {pid})"));
-            }
-        }
-    }
-    report(&killed);
-    if let Ok(netns) = std::fs::read_to_string(dir.join(NETNS_FILE)) {
-        network::clean_up(Path::new(&netns));
-    }
-    remove_pod_dir(dir);
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ impl Shim for HullShim {
                     // ("cleanup warnings", or with the error if it gives
                     // up on the command): say what died and what went,
                     // first thing.
-                    crate::pod::clean_up_after_crash(&dir, |killed| {
+                    crate::crash::clean_up_after_crash(&dir, |killed| {
                         let killed = if killed.is_empty() {
                             "nothing".to_owned()
                         } else {
