@@ -112,10 +112,7 @@ mod tests {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("spawn");
-        let mut bystander = Command::new("sleep")
-            .arg("60")
-            .spawn()
-            .expect("spawn");
+        let mut bystander = Command::new("sleep").arg("60").spawn().expect("spawn");
         let mut reported = Vec::new();
         clean_up_after_crash(pod.path(), |killed| reported = killed.to_vec());
         assert!(ended(&mut helper), "the helper runs on");
@@ -129,10 +126,7 @@ mod tests {
     #[test]
     fn a_recorded_pid_now_used_by_another_program_is_spared() {
         let pod = tempfile::tempdir().expect("dir");
-        let mut other = Command::new("sleep")
-            .arg("60")
-            .spawn()
-            .expect("spawn");
+        let mut other = Command::new("sleep").arg("60").spawn().expect("spawn");
         std::fs::write(
             pod.path().join(PIDS_FILE),
             format!("virtiofsd {}\n", other.id()),

@@ -19,7 +19,32 @@ pub struct HullRuntime {
     pub config_path: PathBuf,
     /// The shim's `state_dir`: one directory per pod.
     pub state_dir: PathBuf,
+    // After containerd (and so its shims) and before the directory: what
+    // a failed test left of its pods.
+    _pods_cleanup: PodsCleanup,
     _dir: tempfile::TempDir,
+}
+
+/// Kills the processes that outlived their shim (a test that killed it, a
+/// shim that failed) and unmounts the pods' rootfs and shared directories,
+/// which are under the state directory rather than containerd's.
+#[derive(Debug)]
+struct PodsCleanup {
+    state_dir: PathBuf,
+}
+
+impl Drop for PodsCleanup {
+    fn drop(&mut self) {
+        let marker = self.state_dir.as_os_str().as_encoded_bytes();
+        let stragglers: Vec<i32> = containerd::processes()
+            .into_iter()
+            .filter(|(_, cmdline)| cmdline.windows(marker.len()).any(|part| part == marker))
+            .map(|(pid, _)| pid)
+            .filter(|pid| *pid as u32 != std::process::id())
+            .collect();
+        containerd::kill_all(&stragglers);
+        containerd::unmount_all_under(&self.state_dir);
+    }
 }
 
 impl HullRuntime {
@@ -80,6 +105,9 @@ impl HullRuntime {
         Self {
             containerd,
             config_path,
+            _pods_cleanup: PodsCleanup {
+                state_dir: state_dir.clone(),
+            },
             state_dir,
             _dir: dir,
         }

@@ -76,7 +76,7 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Unmounts everything under `dir`, lazily when a mount is busy.
-pub(super) fn unmount_all_under(dir: &Path) {
+pub fn unmount_all_under(dir: &Path) {
     use nix::mount::{MntFlags, umount2};
     for _ in 0..10 {
         let mounts = mounts_under(dir);
@@ -227,7 +227,7 @@ pub(super) fn cgroup_mounts() -> Vec<(String, String, PathBuf)> {
 }
 
 /// Every live process: pid and raw command line.
-pub(super) fn processes() -> Vec<(i32, Vec<u8>)> {
+pub fn processes() -> Vec<(i32, Vec<u8>)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
@@ -272,7 +272,7 @@ pub(super) fn process_trees(roots: &[i32]) -> Vec<i32> {
 
 /// SIGKILLs `pids` in order (shims first, so none reacts to its container
 /// dying) and waits, a few seconds at most, until they are gone or zombies.
-pub(super) fn kill_all(pids: &[i32]) {
+pub fn kill_all(pids: &[i32]) {
     for &pid in pids {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }

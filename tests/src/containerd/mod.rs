@@ -27,7 +27,10 @@ mod host;
 
 pub use cleanup::clean_up_stale;
 use cleanup::{bridge_name, clean_up_after};
-pub use host::{cgroup_dirs, mounts_under, process_state, shim_pids, shim_socket_of};
+pub use host::{
+    cgroup_dirs, kill_all, mounts_under, process_state, processes, shim_pids, shim_socket_of,
+    unmount_all_under,
+};
 
 /// The containerd namespace the CRI plugin uses.
 pub const CRI_NAMESPACE: &str = "k8s.io";
