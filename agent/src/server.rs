@@ -98,6 +98,7 @@ async fn serve_until(
                     }
                 })?;
             tracing::info!(port, "serving on vsock");
+            tokio::spawn(tell_the_host_we_are_up());
             router
                 .serve_with_incoming_shutdown(from_the_host(listener), stop)
                 .await?;
@@ -116,6 +117,19 @@ async fn serve_until(
         }
     }
     Ok(())
+}
+
+/// Dials the host's ready port once the listener is bound: the host
+/// connects to the agent only after this call (hull_hypervisor's
+/// `Vm::wait_for_agent` says why). A host that does not wait for it refuses
+/// the call, which is harmless.
+async fn tell_the_host_we_are_up() {
+    let port = hull_proto::v1::AGENT_READY_VSOCK_PORT;
+    let host = VsockAddr::new(tokio_vsock::VMADDR_CID_HOST, port);
+    match tokio_vsock::VsockStream::connect(host).await {
+        Ok(_) => tracing::info!(port, "told the host the agent is up"),
+        Err(err) => tracing::warn!(port, %err, "could not tell the host the agent is up"),
+    }
 }
 
 /// Only the host may talk to the agent. A container in the guest can open

@@ -58,6 +58,7 @@ pub fn inside(runs: usize) {
                 console_log: dir.path().join("console.log"),
                 work_dir: dir.path().join("w"),
                 net: Vec::new(),
+                agent_ready_port: hull_proto::v1::AGENT_READY_VSOCK_PORT,
             };
             let mut vm = backend.start(&config).expect("start");
             if let Err(err) = vm.wait_for_agent(AGENT_VSOCK_PORT, BOOT_TIMEOUT) {

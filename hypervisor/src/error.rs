@@ -32,10 +32,12 @@ pub enum VmError {
     },
 
     #[error(
-        "the agent did not answer on vsock port {port} within {seconds} s; timeline: {timeline}; last console lines:\n{console}"
+        "the agent did not answer on vsock port {port} within {seconds} s ({waited_for}); timeline: {timeline}; last console lines:\n{console}"
     )]
     BootTimeout {
         port: u32,
+        /// What was still missing: the guest's call or the agent's answer.
+        waited_for: String,
         seconds: u64,
         timeline: Box<Timeline>,
         console: String,

@@ -50,6 +50,8 @@ impl HullVmm {
 
         let virtiofsd =
             crate::virtiofsd::start(&virtiofsd, &config.shared_dir, &fs_socket, &work_dir)?;
+        let vsock_host =
+            crate::vsock::HostVsock::listen(vsock_uds.clone(), config.agent_ready_port)?;
 
         let started = Instant::now();
         let timeline = Timeline::new(started);
@@ -101,7 +103,7 @@ impl HullVmm {
             console,
             timeline,
             work_dir,
-            vsock_uds,
+            vsock_host,
             Some(api_socket),
         ))
     }

@@ -50,6 +50,10 @@ pub struct VmConfig {
     /// The pod's network interfaces, a virtio-net device each; none gives
     /// the guest only loopback.
     pub net: Vec<NetDevice>,
+    /// The host vsock port the guest's agent dials once it listens; the
+    /// host connects to the agent only after that call (see
+    /// [`Vm::wait_for_agent`]).
+    pub agent_ready_port: u32,
 }
 
 /// The virtio-fs tag under which the guest mounts the shared directory.
@@ -86,6 +90,13 @@ impl VmConfig {
         }
         for (index, device) in self.net.iter().enumerate() {
             device.validate(index)?;
+        }
+        // 0 is reserved, u32::MAX is VMADDR_PORT_ANY.
+        if self.agent_ready_port == 0 || self.agent_ready_port == u32::MAX {
+            return Err(VmError::Config {
+                field: "agent_ready_port",
+                reason: format!("{} is not a vsock port one can dial", self.agent_ready_port),
+            });
         }
         Ok(())
     }

@@ -10,11 +10,14 @@ use hull_vmm::control::{self, Request};
 use crate::console::Console;
 use crate::process::Helper;
 use crate::timeline::Timeline;
+use crate::vsock::HostVsock;
 use crate::work_dir::WorkDir;
 use crate::{VmError, vsock};
 
 /// How often the boot is checked on.
 const POLL: Duration = Duration::from_millis(100);
+/// Between attempts to connect to an agent that has called.
+const RETRY: Duration = Duration::from_millis(20);
 /// How long a control request may take (a pause waits for every vCPU).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -24,7 +27,7 @@ pub struct Vm {
     helpers: Vec<Helper>,
     console: Console,
     timeline: Timeline,
-    vsock_uds: PathBuf,
+    vsock: HostVsock,
     /// hull-vmm's control channel; QEMU has none here.
     control_socket: Option<PathBuf>,
     // Last: the work directory goes after every process that uses it.
@@ -38,7 +41,7 @@ impl Vm {
         console: Console,
         timeline: Timeline,
         work_dir: WorkDir,
-        vsock_uds: PathBuf,
+        vsock: HostVsock,
         control_socket: Option<PathBuf>,
     ) -> Self {
         Self {
@@ -46,7 +49,7 @@ impl Vm {
             helpers,
             console,
             timeline,
-            vsock_uds,
+            vsock,
             control_socket,
             work_dir,
         }
@@ -67,7 +70,7 @@ impl Vm {
 
     /// The hybrid vsock socket: connect and write `CONNECT <port>\n`.
     pub fn vsock_uds(&self) -> &std::path::Path {
-        &self.vsock_uds
+        &self.vsock.uds
     }
 
     pub fn work_dir(&self) -> &std::path::Path {
@@ -85,28 +88,61 @@ impl Vm {
         self.console.tail()
     }
 
-    /// Waits until the guest accepts connections on `port`, and returns the
-    /// first one. Fails with the console and timeline when a process of the
-    /// VM exits or time runs out.
+    /// Waits for the guest's call on the ready port (see
+    /// [`crate::VmConfig::agent_ready_port`]), then connects to the agent
+    /// on `port` and returns that first connection. Fails with the console
+    /// and timeline when a process of the VM exits or time runs out.
     pub fn wait_for_agent(&mut self, port: u32, timeout: Duration) -> Result<UnixStream, VmError> {
         let deadline = Instant::now() + timeout;
         loop {
             self.check_alive()?;
-            if let Ok(stream) = vsock::connect(&self.vsock_uds, port) {
-                self.timeline.agent_ready = Some(self.timeline.started.elapsed());
-                self.timeline.kernel_entry = self.kernel_entry();
-                tracing::info!(timeline = %self.timeline(), "agent ready");
-                return Ok(stream);
+            let Some(ready) = &self.vsock.ready else {
+                break;
+            };
+            if ready.wait(POLL)? {
+                self.vsock.ready = None;
+                tracing::debug!(after = ?self.timeline.started.elapsed(), "the guest called");
+                break;
             }
             if Instant::now() >= deadline {
-                return Err(VmError::BootTimeout {
+                return Err(self.boot_timeout(
                     port,
-                    seconds: timeout.as_secs(),
-                    timeline: Box::new(self.timeline()),
-                    console: self.console_tail(),
-                });
+                    timeout,
+                    "the guest never called its ready port",
+                ));
             }
-            std::thread::sleep(POLL);
+        }
+        loop {
+            self.check_alive()?;
+            let attempt = vsock::connect(&self.vsock.uds, port);
+            match attempt {
+                Ok(stream) => {
+                    self.timeline.agent_ready = Some(self.timeline.started.elapsed());
+                    self.timeline.kernel_entry = self.kernel_entry();
+                    tracing::info!(timeline = %self.timeline(), "agent ready");
+                    return Ok(stream);
+                }
+                Err(err) if Instant::now() >= deadline => {
+                    return Err(self.boot_timeout(
+                        port,
+                        timeout,
+                        &format!("the guest called, then {err}"),
+                    ));
+                }
+                // The agent listens before it calls, so this is rare.
+                Err(err) => tracing::debug!(%err, "connecting to the agent"),
+            }
+            std::thread::sleep(RETRY);
+        }
+    }
+
+    fn boot_timeout(&self, port: u32, timeout: Duration, waited_for: &str) -> VmError {
+        VmError::BootTimeout {
+            port,
+            waited_for: waited_for.to_owned(),
+            seconds: timeout.as_secs(),
+            timeline: Box::new(self.timeline()),
+            console: self.console_tail(),
         }
     }
 
@@ -153,7 +189,7 @@ impl Vm {
 
     /// A new byte stream to guest `port`.
     pub fn connect(&self, port: u32) -> Result<UnixStream, VmError> {
-        vsock::connect(&self.vsock_uds, port)
+        vsock::connect(&self.vsock.uds, port)
     }
 
     /// Fails, naming the process, its pid and how it ended, once the VMM or
@@ -227,5 +263,96 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.stop_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+
+    /// What the fake VMM saw, in order.
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        HostConnect,
+        GuestCalled,
+    }
+
+    /// A VM whose "VMM" is `sleep`, and a thread in place of the VMM's
+    /// vsock: it serves `CONNECT` on the hybrid socket and makes the
+    /// guest's call after `call_after`.
+    fn fake_vm(dir: &Path, call_after: Duration) -> (Vm, mpsc::Receiver<Seen>) {
+        let work_dir = WorkDir::create(&dir.join("w")).expect("work dir");
+        let uds = work_dir.path().join("vsock.uds");
+        let vsock = HostVsock::listen(uds.clone(), 1025).expect("ready socket");
+        let listener = UnixListener::bind(&uds).expect("hybrid socket");
+        let (seen, heard) = mpsc::channel();
+        let called = seen.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(call_after);
+            let mut ready = uds.into_os_string();
+            ready.push("_1025");
+            // Told first: the host may connect as soon as the call is made.
+            called.send(Seen::GuestCalled).expect("send");
+            UnixStream::connect(ready).expect("the guest's call");
+        });
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.expect("accept");
+                let _ = seen.send(Seen::HostConnect);
+                let mut line = String::new();
+                BufReader::new(&stream).read_line(&mut line).expect("read");
+                let _ = stream.write_all(b"OK 1073741824\n");
+            }
+        });
+        let mut sleep = Command::new("sleep");
+        sleep.arg("30").stdout(Stdio::piped());
+        let mut vmm = Helper::spawn("hull-vmm", &mut sleep).expect("spawn");
+        let output = vmm.child().stdout.take().expect("stdout");
+        let started = Instant::now();
+        let console = Console::start(output, &dir.join("console.log"), started).expect("console");
+        let vm = Vm::new(
+            vmm,
+            Vec::new(),
+            console,
+            Timeline::new(started),
+            work_dir,
+            vsock,
+            None,
+        );
+        (vm, heard)
+    }
+
+    #[test]
+    fn the_host_connects_only_after_the_guest_called() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (mut vm, heard) = fake_vm(dir.path(), Duration::from_millis(500));
+        vm.wait_for_agent(1024, Duration::from_secs(10))
+            .expect("agent");
+        assert_eq!(
+            heard.try_iter().collect::<Vec<_>>(),
+            [Seen::GuestCalled, Seen::HostConnect]
+        );
+        let ready = vm.work_dir().join("vsock.uds_1025");
+        assert!(!ready.exists(), "the ready socket stays after the call");
+    }
+
+    #[test]
+    fn a_guest_that_never_calls_times_out_saying_so() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (mut vm, heard) = fake_vm(dir.path(), Duration::from_secs(60));
+        let err = vm
+            .wait_for_agent(1024, Duration::from_millis(300))
+            .expect_err("no call")
+            .to_string();
+        assert!(
+            err.contains("the guest never called its ready port"),
+            "{err}"
+        );
+        assert!(heard.try_iter().next().is_none(), "the host connected");
     }
 }

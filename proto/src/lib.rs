@@ -13,4 +13,9 @@ pub mod v1 {
 
     /// The vsock port the agent listens on inside the guest.
     pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+    /// The host vsock port the agent dials once it listens, to say the
+    /// guest is up: the host connects only after that call, when the
+    /// guest's vsock device surely runs. The call carries nothing.
+    pub const AGENT_READY_VSOCK_PORT: u32 = 1025;
 }

@@ -195,6 +195,7 @@ impl Pod {
             console_log: dir.join("console.log"),
             work_dir: dir.join("vm"),
             net: network.devices,
+            agent_ready_port: hull_proto::v1::AGENT_READY_VSOCK_PORT,
         };
         tracing::info!(pod = %spec.id, backend = backend.name(), vcpus = spec.vcpus, memory_mib = spec.memory_mib, "booting the pod's VM");
         let pids_file = dir.join(PIDS_FILE);

@@ -55,6 +55,7 @@ pub fn vm_config(dir: &Path) -> VmConfig {
         // Short: it holds the Unix sockets.
         work_dir: PathBuf::from(format!("/tmp/hvm-{}", crate::unique_id("w"))),
         net: Vec::new(),
+        agent_ready_port: hull_proto::v1::AGENT_READY_VSOCK_PORT,
     }
 }
 

@@ -101,6 +101,7 @@ mod tests {
                 mac: [2, 0, 0, 0, 0, 7],
                 mtu: 1450,
             }],
+            agent_ready_port: 1025,
         };
         let args: Vec<String> = qemu_args(
             &config,

@@ -61,6 +61,8 @@ impl Qemu {
 
         let virtiofsd =
             crate::virtiofsd::start(&virtiofsd, &config.shared_dir, &fs_socket, &work_dir)?;
+        let vsock_host =
+            crate::vsock::HostVsock::listen(vsock_uds.clone(), config.agent_ready_port)?;
 
         let mut vsock = Helper::spawn(
             "vhost-device-vsock",
@@ -108,7 +110,7 @@ impl Qemu {
             console,
             Timeline::new(started),
             work_dir,
-            vsock_uds,
+            vsock_host,
             None,
         ))
     }
