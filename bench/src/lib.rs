@@ -1,5 +1,6 @@
 //! Shared pieces of Hull's benchmarks.
 
+pub mod args;
 pub mod boot;
 pub mod results;
 
@@ -69,6 +70,16 @@ fn sum_from_smaps(smaps: &str, field: &str) -> Rss {
         }
     }
     sum
+}
+
+/// What `program args…` printed on stdout, trimmed; empty if it could not
+/// run.
+pub fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// The nearest-rank percentile `p` (0 to 100); zero when empty.
