@@ -1,5 +1,6 @@
 //! Shared pieces of Hull's benchmarks.
 
+pub mod args;
 pub mod boot;
 pub mod results;
 
@@ -22,7 +23,34 @@ pub struct Rss {
 }
 
 pub fn rss_from_smaps(smaps: &str) -> Rss {
-    let mut rss = Rss::default();
+    sum_from_smaps(smaps, "Rss:")
+}
+
+/// [`rss_from_smaps`] of a running process.
+pub fn rss_of(pid: u32) -> std::io::Result<Rss> {
+    Ok(rss_from_smaps(&smaps_of(pid)?))
+}
+
+/// A process's proportional set size in KiB from its /proc/PID/smaps text,
+/// split like [`rss_from_smaps`]: guest RAM (memfd mappings, which the VMM
+/// shares with virtiofsd and vhost-device-vsock, hence PSS) and the rest.
+pub fn pss_from_smaps(smaps: &str) -> Rss {
+    sum_from_smaps(smaps, "Pss:")
+}
+
+/// [`pss_from_smaps`] of a running process.
+pub fn pss_of(pid: u32) -> std::io::Result<Rss> {
+    Ok(pss_from_smaps(&smaps_of(pid)?))
+}
+
+fn smaps_of(pid: u32) -> std::io::Result<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+}
+
+/// The sum of every mapping's `field` line (`Rss:`, `Pss:`), split into
+/// the memfd mappings and the rest.
+fn sum_from_smaps(smaps: &str, field: &str) -> Rss {
+    let mut sum = Rss::default();
     let mut in_memfd = false;
     for line in smaps.lines() {
         let mut fields = line.split_whitespace();
@@ -32,55 +60,26 @@ pub fn rss_from_smaps(smaps: &str) -> Rss {
             in_memfd = fields
                 .nth(4)
                 .is_some_and(|path| path.starts_with("/memfd:"));
-        } else if first == "Rss:" {
+        } else if first == field {
             let kib: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
             if in_memfd {
-                rss.guest_kib += kib;
+                sum.guest_kib += kib;
             } else {
-                rss.own_kib += kib;
+                sum.own_kib += kib;
             }
         }
     }
-    rss
+    sum
 }
 
-/// [`rss_from_smaps`] of a running process.
-pub fn rss_of(pid: u32) -> std::io::Result<Rss> {
-    Ok(rss_from_smaps(&std::fs::read_to_string(format!(
-        "/proc/{pid}/smaps"
-    ))?))
-}
-
-/// A process's proportional set size in KiB from its /proc/PID/smaps text,
-/// split like [`rss_from_smaps`]: guest RAM (memfd mappings, which the VMM
-/// shares with virtiofsd and vhost-device-vsock, hence PSS) and the rest.
-pub fn pss_from_smaps(smaps: &str) -> Rss {
-    let mut pss = Rss::default();
-    let mut in_memfd = false;
-    for line in smaps.lines() {
-        let mut fields = line.split_whitespace();
-        let Some(first) = fields.next() else { continue };
-        if first.contains('-') && !first.ends_with(':') {
-            in_memfd = fields
-                .nth(4)
-                .is_some_and(|path| path.starts_with("/memfd:"));
-        } else if first == "Pss:" {
-            let kib: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-            if in_memfd {
-                pss.guest_kib += kib;
-            } else {
-                pss.own_kib += kib;
-            }
-        }
-    }
-    pss
-}
-
-/// [`pss_from_smaps`] of a running process.
-pub fn pss_of(pid: u32) -> std::io::Result<Rss> {
-    Ok(pss_from_smaps(&std::fs::read_to_string(format!(
-        "/proc/{pid}/smaps"
-    ))?))
+/// What `program args…` printed on stdout, trimmed; empty if it could not
+/// run.
+pub fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// The nearest-rank percentile `p` (0 to 100); zero when empty.

@@ -458,6 +458,12 @@ impl CriClient {
         Ok(())
     }
 
+    /// [`Self::stop_pod`], then [`Self::remove_pod`]; both must succeed.
+    pub async fn stop_and_remove_pod(&mut self, id: &str) {
+        self.stop_pod(id).await.expect("StopPodSandbox");
+        self.remove_pod(id).await.expect("RemovePodSandbox");
+    }
+
     /// The pod sandboxes CRI lists.
     pub async fn list_pods(&mut self) -> Vec<cri::PodSandbox> {
         self.runtime

@@ -1,12 +1,15 @@
 //! A private containerd with the `hull` runtime: the shim from this
 //! workspace, a Hull config file (guest image, hull-vmm, a private state
-//! directory, small VMs) and the test images; plus what a test checks was
-//! left behind.
+//! directory, small VMs) and the test images; how the suites run tasks and
+//! CRI pods under it; plus what a test checks was left behind.
 
 use std::path::{Path, PathBuf};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use crate::containerd::{self, Containerd};
+use crate::containerd::{self, Containerd, HULL_HANDLER, HULL_RUNTIME};
+use crate::cri::{CriClient, Pod, PodSpec};
+use crate::kvm_host::EXPECT_BACKEND;
 
 /// What the tests' pods get unless a test says otherwise.
 pub const TEST_MEMORY_MIB: u32 = 256;
@@ -19,6 +22,8 @@ pub struct HullRuntime {
     pub config_path: PathBuf,
     /// The shim's `state_dir`: one directory per pod.
     pub state_dir: PathBuf,
+    /// Where the test images are, and so where [`Self::run`] runs tasks.
+    namespace: String,
     // After containerd (and so its shims) and before the directory: what
     // a failed test left of its pods.
     _pods_cleanup: PodsCleanup,
@@ -109,8 +114,59 @@ impl HullRuntime {
                 state_dir: state_dir.clone(),
             },
             state_dir,
+            namespace: namespace.to_owned(),
             _dir: dir,
         }
+    }
+
+    /// `ctr run --runtime io.containerd.hull.v2 ARGS…` in the namespace
+    /// the runtime was started with.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut full = vec!["--runtime", HULL_RUNTIME];
+        full.extend_from_slice(args);
+        self.containerd.ctr_run(&self.namespace, &full)
+    }
+
+    /// [`Self::run`], which must succeed; returns its stdout.
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        self.containerd
+            .expect_success(&format!("ctr run {args:?}"), self.run(args))
+    }
+
+    /// The status `ctr tasks ls` gives task `id` (RUNNING, PAUSED,
+    /// STOPPED…); `None` when there is no such task.
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        self.containerd
+            .ctr_ok(&["-n", &self.namespace, "tasks", "ls"])
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(id))
+            .and_then(|line| line.split_whitespace().nth(2).map(str::to_owned))
+    }
+
+    /// Waits up to `timeout` for task `id` to be STOPPED.
+    pub fn wait_stopped(&self, id: &str, timeout: Duration) {
+        crate::faults::poll(&format!("{id} to stop"), timeout, || {
+            (self.task_status(id).as_deref() == Some("STOPPED")).then_some(())
+        });
+    }
+
+    /// [`PodSpec::new`] for the hull handler, its logs beside the state
+    /// directory.
+    pub fn pod_spec(&self, name: &str) -> PodSpec {
+        PodSpec::new(name, HULL_HANDLER, &self.state_dir.with_file_name("logs"))
+    }
+
+    /// A CRI client of this containerd, once it has the test images, and
+    /// the pod it ran from `spec`; a pod that does not start fails the test
+    /// with containerd's log, where the shim says why.
+    pub async fn run_cri_pod(&self, spec: &PodSpec) -> (CriClient, Pod) {
+        let mut client = CriClient::connect(self.containerd.cri_socket()).await;
+        client.wait_for_test_images().await;
+        let pod = client
+            .run_pod(spec)
+            .await
+            .unwrap_or_else(|err| panic!("RunPodSandbox: {err}\n{}", self.containerd.log_tail(80)));
+        (client, pod)
     }
 
     /// The pod directories that exist now.
@@ -130,6 +186,27 @@ impl HullRuntime {
                 Some((name.to_owned(), pid.trim().parse().ok()?))
             })
             .collect()
+    }
+
+    /// In the KVM test host, where [`EXPECT_BACKEND`] names the VMM every
+    /// pod must run under: there is a pod in `pod_dirs`, and each runs
+    /// under that VMM. Elsewhere nothing, since the host picks the backend.
+    pub fn check_backend(pod_dirs: &[PathBuf]) {
+        let Ok(expected) = std::env::var(EXPECT_BACKEND) else {
+            return;
+        };
+        assert!(!pod_dirs.is_empty(), "no pod is running");
+        for pod in pod_dirs {
+            let names: Vec<String> = Self::vm_processes(pod)
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect();
+            assert!(
+                names.contains(&expected),
+                "{} runs {names:?}, not {expected}",
+                pod.display()
+            );
+        }
     }
 
     /// Everything of Hull's still on the host: live processes that name the

@@ -159,6 +159,28 @@ pub struct Rerun<'a> {
     pub timeout: Duration,
 }
 
+/// Set in the test host by [`rerun_under_hull_vmm`]: the VMM every pod
+/// there must run under.
+pub const EXPECT_BACKEND: &str = "HULL_EXPECT_BACKEND";
+
+/// Re-runs `tests` of the calling test binary in the test host, where the
+/// default backend is hull-vmm, with [`EXPECT_BACKEND`] saying so; see
+/// [`rerun_tests`]. Inside the test host, where the same test runs again,
+/// it does nothing.
+pub fn rerun_under_hull_vmm(tests: &[&str], timeout: Duration) {
+    if std::env::var_os(EXPECT_BACKEND).is_some() {
+        return;
+    }
+    rerun_tests(Rerun {
+        tests,
+        env: &format!("{EXPECT_BACKEND}=hull-vmm"),
+        include_ignored: false,
+        tmpfs_tmp: true,
+        memory_mib: 3072,
+        timeout,
+    });
+}
+
 /// Boots the test host and runs `rerun.tests` of the calling test binary in
 /// it, one at a time; panics with the output and console unless every one
 /// of them passed. The guest image directory (`HULL_GUEST_DIR`) goes along

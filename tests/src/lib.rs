@@ -94,6 +94,11 @@ pub fn unique_id(prefix: &str) -> String {
     )
 }
 
+/// A command's output as text, for checks and failure messages.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// One pod VM at a time within a test binary: they are emulated, and two
 /// cores are few. Each test binary links its own copy of this lock.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {

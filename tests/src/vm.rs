@@ -9,8 +9,7 @@ use hull_hypervisor::{Backend, BackendKind, HullVmm, SHARED_FS_TAG, Vm, VmConfig
 use hull_proto::v1 as api;
 use hull_proto::v1::AGENT_VSOCK_PORT;
 use hull_proto::v1::agent_client::AgentClient;
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 use crate::driver::AgentUnderTest;
 
@@ -154,24 +153,9 @@ impl AgentUnderTest for TestVm {
     }
 }
 
-/// A gRPC channel whose every connection is a new hybrid vsock stream.
+/// The shim's own client of the agent, so the tests reach it as pods do.
 async fn connect(vm: &Vm) -> AgentClient<Channel> {
-    let uds = vm.vsock_uds().to_owned();
-    let channel = Endpoint::from_static("http://hull-agent.invalid")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let uds = uds.clone();
-            async move {
-                let stream = tokio::task::spawn_blocking(move || {
-                    hull_hypervisor::vsock::connect(&uds, AGENT_VSOCK_PORT)
-                })
-                .await
-                .map_err(std::io::Error::other)?
-                .map_err(std::io::Error::other)?;
-                stream.set_nonblocking(true)?;
-                tokio::net::UnixStream::from_std(stream).map(TokioIo::new)
-            }
-        }))
+    hull_shim::agent::connect(vm.vsock_uds().to_owned())
         .await
-        .expect("connect to the guest agent");
-    AgentClient::new(channel)
+        .unwrap_or_else(|err| panic!("{err}"))
 }

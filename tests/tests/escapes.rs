@@ -16,39 +16,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hull_tests::containerd::{CRI_NAMESPACE, HULL_HANDLER};
-use hull_tests::cri::{ContainerSpec, CriClient, PodSpec};
+use hull_tests::containerd::CRI_NAMESPACE;
+use hull_tests::cri::ContainerSpec;
 use hull_tests::hull_runtime::HullRuntime;
 use hull_tests::image::BUSYBOX_IMAGE;
-use hull_tests::unique_id;
+use hull_tests::{text, unique_id};
 
 const NS: &str = "hull-escape";
-const RUNTIME: &str = "io.containerd.hull.v2";
 const PIDS_LIMIT: u64 = 64;
 
 use hull_tests::serial;
 
 fn start() -> HullRuntime {
     HullRuntime::start_with_config(NS, true, &format!("default_pids_limit = {PIDS_LIMIT}\n"))
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// `ctr run --runtime io.containerd.hull.v2 ARGS…`, which must succeed.
-fn run_ok(rt: &HullRuntime, args: &[&str]) -> String {
-    let mut full = vec!["--runtime", RUNTIME];
-    full.extend_from_slice(args);
-    let output = rt.containerd.ctr_run(NS, &full);
-    assert!(
-        output.status.success(),
-        "ctr run {args:?}: {}\n{}\ncontainerd log:\n{}",
-        output.status,
-        text(&output.stderr),
-        rt.containerd.log_tail(60)
-    );
-    text(&output.stdout)
 }
 
 fn assert_no_leftovers(rt: &HullRuntime) {
@@ -96,15 +76,7 @@ fn host_latency(rounds: usize) -> Duration {
 async fn a_fork_bomb_stays_within_its_pids_limit_and_the_pod_and_host_stay_usable() {
     let _serial = serial();
     let rt = start();
-    let mut client = CriClient::connect(rt.containerd.cri_socket()).await;
-    client.wait_for_test_images().await;
-    let logs = rt.state_dir.with_file_name("logs");
-    let mut spec = PodSpec::new("fork-bomb", HULL_HANDLER, &logs);
-    spec.host_network = true;
-    let pod = client
-        .run_pod(&spec)
-        .await
-        .unwrap_or_else(|err| panic!("RunPodSandbox: {err}\n{}", rt.containerd.log_tail(80)));
+    let (mut client, pod) = rt.run_cri_pod(&rt.pod_spec("fork-bomb")).await;
     let calm = ContainerSpec::new("calm", BUSYBOX_IMAGE, &["sleep", "1000"]);
     let calm_id = client.run_container(&pod, &calm).await.expect("calm");
     let idle = host_latency(10);
@@ -162,8 +134,7 @@ async fn a_fork_bomb_stays_within_its_pids_limit_and_the_pod_and_host_stay_usabl
         "fork bomb: at most {most} of {PIDS_LIMIT} processes; host lag idle {idle:?}, under the bomb {busy:?}"
     );
 
-    client.stop_pod(&pod.id).await.expect("StopPodSandbox");
-    client.remove_pod(&pod.id).await.expect("RemovePodSandbox");
+    client.stop_and_remove_pod(&pod.id).await;
     drop(client);
     assert_no_leftovers(&rt);
 }
@@ -213,21 +184,18 @@ fn writes_through_symlinks_in_the_rootfs_stay_in_the_pods_shared_directory() {
          ln -s /tmp /tmpd && mkdir -p /tmpd/x && echo x > /tmpd/x/$m-dir && echo wrote dir; \
          true"
     );
-    let out = run_ok(
-        &rt,
-        &[
-            "--rm",
-            // No image, so no image config: PATH comes from here.
-            "--env",
-            "PATH=/bin",
-            "--rootfs",
-            rootfs.to_str().expect("utf-8"),
-            &unique_id("s"),
-            "sh",
-            "-c",
-            &script,
-        ],
-    );
+    let out = rt.run_ok(&[
+        "--rm",
+        // No image, so no image config: PATH comes from here.
+        "--env",
+        "PATH=/bin",
+        "--rootfs",
+        rootfs.to_str().expect("utf-8"),
+        &unique_id("s"),
+        "sh",
+        "-c",
+        &script,
+    ]);
     eprintln!("inside the container:\n{out}");
     // A volume whose destination is a symlink out of the rootfs: the
     // guest's libcontainer refuses it, or mounts it inside the rootfs.
@@ -236,7 +204,7 @@ fn writes_through_symlinks_in_the_rootfs_stay_in_the_pods_shared_directory() {
         volume.display()
     );
     let id = unique_id("m");
-    let mut args = vec!["--runtime", RUNTIME, "--rm", "--mount", &mount];
+    let mut args = vec!["--rm", "--mount", &mount];
     args.extend([
         "--env",
         "PATH=/bin",
@@ -246,7 +214,7 @@ fn writes_through_symlinks_in_the_rootfs_stay_in_the_pods_shared_directory() {
     ]);
     let script = format!("echo x > /mnt/{marker}-vol && echo wrote vol");
     args.extend(["sh", "-c", &script]);
-    let output = rt.containerd.ctr_run(NS, &args);
+    let output = rt.run(&args);
     eprintln!(
         "a volume on a symlink: {}\n{}{}",
         output.status,
@@ -331,18 +299,15 @@ fn dev_kvm_and_the_hosts_sockets_are_out_of_reach() {
         "type=bind,src={},dst=/probe,options=rbind:ro",
         probe_dir.display()
     );
-    run_ok(
-        &rt,
-        &[
-            "-d",
-            "--mount",
-            &probe_mount,
-            BUSYBOX_IMAGE,
-            &id,
-            "sleep",
-            "1000",
-        ],
-    );
+    rt.run_ok(&[
+        "-d",
+        "--mount",
+        &probe_mount,
+        BUSYBOX_IMAGE,
+        &id,
+        "sleep",
+        "1000",
+    ]);
     let pod = rt.pod_dirs().pop().expect("the pod's directory");
     let address = rt.containerd.socket().as_os_str().as_encoded_bytes();
     let shim_socket = hull_tests::containerd::shim_socket_of(address, NS.as_bytes(), id.as_bytes());
@@ -428,11 +393,11 @@ fn dev_kvm_and_the_hosts_sockets_are_out_of_reach() {
     // socket on virtio-fs leads nowhere, if the container starts at all.
     let socket_mount =
         format!("type=bind,src={containerd_socket},dst=/containerd.sock,options=rbind:rw");
-    let mut args = vec!["--runtime", RUNTIME, "--rm", "--mount", &probe_mount];
+    let mut args = vec!["--rm", "--mount", &probe_mount];
     let id = unique_id("v");
     args.extend(["--mount", &socket_mount, BUSYBOX_IMAGE, &id]);
     args.extend(["/probe/probe", "unix", "/containerd.sock"]);
-    let output = rt.containerd.ctr_run(NS, &args);
+    let output = rt.run(&args);
     let out = text(&output.stdout);
     eprintln!(
         "containerd's socket as a volume: {}\n{out}{}",

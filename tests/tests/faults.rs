@@ -28,17 +28,14 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hull_tests::containerd::HULL_HANDLER;
-use hull_tests::cri::{self, ContainerSpec, CriClient, PodSpec};
+use hull_tests::cri::{self, ContainerSpec, CriClient};
 use hull_tests::faults::{CRASH_PID_1, EventLog, SHIM_NAME, Victim, kill_9, poll};
 use hull_tests::hull_runtime::HullRuntime;
 use hull_tests::image::BUSYBOX_IMAGE;
-use hull_tests::{kvm_host, unique_id};
+use hull_tests::kvm_host::{self, EXPECT_BACKEND};
+use hull_tests::{text, unique_id};
 
 const NS: &str = "hull-faults";
-const RUNTIME: &str = "io.containerd.hull.v2";
-/// Set in the KVM test host: the VMM every pod there must run under.
-const EXPECT_BACKEND: &str = "HULL_EXPECT_BACKEND";
 /// Under TCG on a busy host a boot takes tens of seconds.
 const BOOT: Duration = Duration::from_secs(180);
 /// How long containerd may take to hear of a death.
@@ -49,53 +46,6 @@ const VM_GONE: u32 = 255;
 const SHIM_GONE: u32 = 137;
 
 use hull_tests::serial;
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn ctr_run(rt: &HullRuntime, args: &[&str]) -> std::process::Output {
-    let mut full = vec!["--runtime", RUNTIME];
-    full.extend_from_slice(args);
-    rt.containerd.ctr_run(NS, &full)
-}
-
-fn run_ok(rt: &HullRuntime, args: &[&str]) {
-    let output = ctr_run(rt, args);
-    assert!(
-        output.status.success(),
-        "ctr run {args:?}: {}\n{}\ncontainerd log:\n{}",
-        output.status,
-        text(&output.stderr),
-        rt.containerd.log_tail(60)
-    );
-}
-
-fn task_status(rt: &HullRuntime, id: &str) -> Option<String> {
-    rt.containerd
-        .ctr_ok(&["-n", NS, "tasks", "ls"])
-        .lines()
-        .find(|line| line.split_whitespace().next() == Some(id))
-        .and_then(|line| line.split_whitespace().nth(2).map(str::to_owned))
-}
-
-fn wait_stopped(rt: &HullRuntime, id: &str) {
-    poll(&format!("{id} to stop"), NOTICE, || {
-        (task_status(rt, id).as_deref() == Some("STOPPED")).then_some(())
-    });
-}
-
-/// The running pod's VMM is the expected backend (in the KVM test host).
-fn check_backend(pod_dir: &std::path::Path) {
-    let Ok(expected) = std::env::var(EXPECT_BACKEND) else {
-        return;
-    };
-    let names: Vec<String> = HullRuntime::vm_processes(pod_dir)
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect();
-    assert!(names.contains(&expected), "the pod runs {names:?}");
-}
 
 fn assert_no_leftovers(rt: &HullRuntime) {
     // The KVM test host is slow: a shim can take many seconds to go.
@@ -143,7 +93,7 @@ fn wait_for_delete_report(rt: &HullRuntime, pid: i32) {
 fn kill_during_boot(rt: &HullRuntime, victim: Victim) {
     let id = unique_id("boot");
     let (output, name, pid) = std::thread::scope(|scope| {
-        let run = scope.spawn(|| ctr_run(rt, &["--rm", BUSYBOX_IMAGE, &id, "true"]));
+        let run = scope.spawn(|| rt.run(&["--rm", BUSYBOX_IMAGE, &id, "true"]));
         let (_, name, pid) = recorded_pod(rt, victim);
         kill_9(pid);
         (run.join().expect("ctr run"), name, pid)
@@ -178,13 +128,13 @@ fn kill_under_tasks(rt: &HullRuntime, events: &EventLog, victim: Victim) {
     let grouped = |args: &[&str]| {
         let mut full = vec!["--annotation", annotation.as_str(), "-d", BUSYBOX_IMAGE];
         full.extend_from_slice(args);
-        run_ok(rt, &full);
+        rt.run_ok(&full);
     };
     grouped(&[&pod, "sleep", "1000"]);
     let (dir, name, pid) = recorded_pod(rt, victim);
-    check_backend(&dir);
+    HullRuntime::check_backend(std::slice::from_ref(&dir));
     grouped(&[&done, "sh", "-c", "exit 3"]);
-    wait_stopped(rt, &done);
+    rt.wait_stopped(&done, NOTICE);
     assert_eq!(rt.pod_dirs().len(), 1, "the two containers share a VM");
 
     let exec_out = tempfile::NamedTempFile::new().expect("exec output");
@@ -217,7 +167,7 @@ fn kill_under_tasks(rt: &HullRuntime, events: &EventLog, victim: Victim) {
         assert_eq!(events.wait_exit(&pod, "", NOTICE), SHIM_GONE);
         assert!(!exec_status.success(), "{exec_status} {exec_error}");
         poll("the tasks to go", NOTICE, || {
-            (task_status(rt, &pod).is_none() && task_status(rt, &done).is_none()).then_some(())
+            (rt.task_status(&pod).is_none() && rt.task_status(&done).is_none()).then_some(())
         });
     } else {
         let reason = killed(&name, pid);
@@ -231,7 +181,7 @@ fn kill_under_tasks(rt: &HullRuntime, events: &EventLog, victim: Victim) {
         );
         assert_eq!(events.wait_exit(&pod, "e1", NOTICE), VM_GONE);
         assert_eq!(events.wait_exit(&pod, &pod, NOTICE), VM_GONE);
-        wait_stopped(rt, &pod);
+        rt.wait_stopped(&pod, NOTICE);
         assert!(
             rt.containerd.log().contains(&reason),
             "containerd's log does not say {reason:?}:\n{}",
@@ -292,17 +242,11 @@ fn a_killed_shim_is_reported_at_every_point_and_cleaned_up() {
 async fn a_crashed_agent_panics_the_guest_kernel_which_is_reported_with_its_console() {
     let _serial = serial();
     let rt = HullRuntime::start(NS, true);
-    let mut client = CriClient::connect(rt.containerd.cri_socket()).await;
-    client.wait_for_test_images().await;
-    let logs = rt.state_dir.with_file_name("logs");
-    let mut spec = PodSpec::new("crash", HULL_HANDLER, &logs);
+    let mut spec = rt.pod_spec("crash");
     spec.host_pid = true;
-    let pod = client
-        .run_pod(&spec)
-        .await
-        .unwrap_or_else(|err| panic!("RunPodSandbox: {err}\n{}", rt.containerd.log_tail(80)));
+    let (mut client, pod) = rt.run_cri_pod(&spec).await;
     let dir = rt.pod_dirs().pop().expect("the pod directory");
-    check_backend(&dir);
+    HullRuntime::check_backend(std::slice::from_ref(&dir));
 
     let sleeper = ContainerSpec::new("sleeper", BUSYBOX_IMAGE, &["sleep", "1000"]);
     let sleeper_id = client.run_container(&pod, &sleeper).await.expect("sleeper");
@@ -369,29 +313,21 @@ async fn a_crashed_agent_panics_the_guest_kernel_which_is_reported_with_its_cons
         rt.containerd.log_tail(60)
     );
 
-    client.stop_pod(&pod.id).await.expect("StopPodSandbox");
-    client.remove_pod(&pod.id).await.expect("RemovePodSandbox");
+    client.stop_and_remove_pod(&pod.id).await;
     drop(client);
     assert_no_leftovers(&rt);
 }
 
 #[test]
 fn the_faults_are_handled_with_the_hull_backend_in_the_kvm_test_host() {
-    if std::env::var_os(EXPECT_BACKEND).is_some() {
-        return; // already inside
-    }
-    kvm_host::rerun_tests(kvm_host::Rerun {
+    kvm_host::rerun_under_hull_vmm(
         // No vhost-device-vsock with hull-vmm.
-        tests: &[
+        &[
             "a_killed_vmm_is_reported_at_every_point_and_cleaned_up",
             "a_killed_virtiofsd_is_reported_at_every_point_and_cleaned_up",
             "a_killed_shim_is_reported_at_every_point_and_cleaned_up",
             "a_crashed_agent_panics_the_guest_kernel_which_is_reported_with_its_console",
         ],
-        env: &format!("{EXPECT_BACKEND}=hull-vmm"),
-        include_ignored: false,
-        tmpfs_tmp: true,
-        memory_mib: 3072,
-        timeout: Duration::from_secs(900),
-    });
+        Duration::from_secs(900),
+    );
 }

@@ -7,80 +7,18 @@
 //! The last test boots the KVM test host and re-runs the ctr, CRI and crash
 //! tests in it, where the default backend is hull-vmm.
 
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use hull_tests::containerd::HULL_HANDLER;
-use hull_tests::cri::{self, BindMount, ContainerSpec, CriClient, PodSpec};
+use hull_tests::containerd::HULL_RUNTIME;
+use hull_tests::cri::{self, BindMount, ContainerSpec};
 use hull_tests::hull_runtime::HullRuntime;
 use hull_tests::image::BUSYBOX_IMAGE;
-use hull_tests::{kvm_host, unique_id};
+use hull_tests::{kvm_host, text, unique_id};
 
 const NS: &str = "hull-test";
-const RUNTIME: &str = "io.containerd.hull.v2";
-/// Set in the KVM test host: the VMM every pod there must run under.
-const EXPECT_BACKEND: &str = "HULL_EXPECT_BACKEND";
 
 use hull_tests::serial;
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// `ctr run --runtime io.containerd.hull.v2 ARGS…`.
-fn run(rt: &HullRuntime, args: &[&str]) -> Output {
-    let mut full = vec!["--runtime", RUNTIME];
-    full.extend_from_slice(args);
-    rt.containerd.ctr_run(NS, &full)
-}
-
-fn run_ok(rt: &HullRuntime, args: &[&str]) -> String {
-    let output = run(rt, args);
-    assert!(
-        output.status.success(),
-        "ctr run {args:?}: {}\n{}\ncontainerd log:\n{}",
-        output.status,
-        text(&output.stderr),
-        rt.containerd.log_tail(60)
-    );
-    text(&output.stdout)
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn task_status(rt: &HullRuntime, id: &str) -> Option<String> {
-    rt.containerd
-        .ctr_ok(&["-n", NS, "tasks", "ls"])
-        .lines()
-        .find(|line| line.split_whitespace().next() == Some(id))
-        .and_then(|line| line.split_whitespace().nth(2).map(str::to_owned))
-}
-
-/// The running pods' VMMs are the expected backend (in the KVM test host).
-fn check_backend(rt: &HullRuntime) {
-    let Ok(expected) = std::env::var(EXPECT_BACKEND) else {
-        return;
-    };
-    let pods = rt.pod_dirs();
-    assert!(!pods.is_empty(), "no pod is running");
-    for pod in pods {
-        let names: Vec<String> = HullRuntime::vm_processes(&pod)
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        assert!(
-            names.contains(&expected),
-            "{} runs {names:?}, not {expected}",
-            pod.display()
-        );
-    }
-}
 
 fn assert_no_leftovers(rt: &HullRuntime) {
     let left = rt.leftovers(Duration::from_secs(15));
@@ -94,21 +32,18 @@ fn ctr_runs_exec_kill_and_tty_in_a_hull() {
 
     // Output, the guest's own kernel, and only loopback: a plain ctr
     // container has no pod network namespace to mirror.
-    let out = run_ok(
-        &rt,
-        &[
-            "--rm",
-            BUSYBOX_IMAGE,
-            &unique_id("c"),
-            "sh",
-            "-c",
-            // Ethernet interfaces (type 1); lo and the kernel's own sit0
-            // are not.
-            "echo hello; uname -r; for i in /sys/class/net/*; do \
+    let out = rt.run_ok(&[
+        "--rm",
+        BUSYBOX_IMAGE,
+        &unique_id("c"),
+        "sh",
+        "-c",
+        // Ethernet interfaces (type 1); lo and the kernel's own sit0
+        // are not.
+        "echo hello; uname -r; for i in /sys/class/net/*; do \
              [ \"$(cat $i/type)\" = 1 ] && echo ether ${i##*/}; done; \
              ip -o link show lo | grep -q ',UP' && echo lo up",
-        ],
-    );
+    ]);
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("hello"), "{out}");
     let host = nix::sys::utsname::uname().expect("uname");
@@ -120,24 +55,21 @@ fn ctr_runs_exec_kill_and_tty_in_a_hull() {
     assert_eq!(lines.collect::<Vec<_>>(), ["lo up"], "{out}");
 
     // Exit codes propagate.
-    let output = run(
-        &rt,
-        &[
-            "--rm",
-            BUSYBOX_IMAGE,
-            &unique_id("c"),
-            "sh",
-            "-c",
-            "echo oops >&2; exit 3",
-        ],
-    );
+    let output = rt.run(&[
+        "--rm",
+        BUSYBOX_IMAGE,
+        &unique_id("c"),
+        "sh",
+        "-c",
+        "echo oops >&2; exit 3",
+    ]);
     assert_eq!(output.status.code(), Some(3), "{output:?}");
     assert_eq!(text(&output.stderr), "oops\n");
 
     // A detached task: exec into it, then kill it.
     let id = unique_id("d");
-    run_ok(&rt, &["-d", BUSYBOX_IMAGE, &id, "sleep", "1000"]);
-    check_backend(&rt);
+    rt.run_ok(&["-d", BUSYBOX_IMAGE, &id, "sleep", "1000"]);
+    HullRuntime::check_backend(&rt.pod_dirs());
     let exec = rt.containerd.ctr(&[
         "-n",
         NS,
@@ -157,23 +89,21 @@ fn ctr_runs_exec_kill_and_tty_in_a_hull() {
     // Pause and resume freeze the container in the guest; metrics come from
     // the guest's cgroup.
     rt.containerd.ctr_ok(&["-n", NS, "tasks", "pause", &id]);
-    assert_eq!(task_status(&rt, &id).as_deref(), Some("PAUSED"));
+    assert_eq!(rt.task_status(&id).as_deref(), Some("PAUSED"));
     rt.containerd.ctr_ok(&["-n", NS, "tasks", "resume", &id]);
-    assert_eq!(task_status(&rt, &id).as_deref(), Some("RUNNING"));
+    assert_eq!(rt.task_status(&id).as_deref(), Some("RUNNING"));
     let metrics = rt.containerd.ctr_ok(&["-n", NS, "tasks", "metrics", &id]);
     assert!(metrics.contains("pids.current"), "{metrics}");
     rt.containerd
         .ctr_ok(&["-n", NS, "tasks", "kill", "-s", "KILL", &id]);
-    wait_until("the killed task to stop", Duration::from_secs(30), || {
-        task_status(&rt, &id).as_deref() == Some("STOPPED")
-    });
+    rt.wait_stopped(&id, Duration::from_secs(30));
     let removed = rt.containerd.ctr(&["-n", NS, "tasks", "rm", &id]);
     assert!(text(&removed.stderr).contains("137"), "{removed:?}");
     rt.containerd.ctr_ok(&["-n", NS, "containers", "rm", &id]);
 
     // A tty: ctr needs a terminal of its own, which script(1) provides.
     let command = format!(
-        "ctr --address {} -n {NS} run --runtime {RUNTIME} --rm -t {BUSYBOX_IMAGE} {} sh -c 'tty; echo tty-ok'",
+        "ctr --address {} -n {NS} run --runtime {HULL_RUNTIME} --rm -t {BUSYBOX_IMAGE} {} sh -c 'tty; echo tty-ok'",
         rt.containerd.socket().display(),
         unique_id("t")
     );
@@ -205,8 +135,8 @@ fn a_killed_vmm_ends_the_task_with_an_error_and_is_cleaned_up() {
         .expect("ctr events");
 
     let id = unique_id("crash");
-    run_ok(&rt, &["-d", BUSYBOX_IMAGE, &id, "sleep", "1000"]);
-    check_backend(&rt);
+    rt.run_ok(&["-d", BUSYBOX_IMAGE, &id, "sleep", "1000"]);
+    HullRuntime::check_backend(&rt.pod_dirs());
     let pod = rt.pod_dirs().pop().expect("a pod directory");
     let (name, vmm) = HullRuntime::vm_processes(&pod)
         .into_iter()
@@ -219,11 +149,7 @@ fn a_killed_vmm_ends_the_task_with_an_error_and_is_cleaned_up() {
     )
     .expect("kill the VMM");
 
-    wait_until(
-        &format!("the task to stop after {name} was killed"),
-        Duration::from_secs(30),
-        || task_status(&rt, &id).as_deref() == Some("STOPPED"),
-    );
+    rt.wait_stopped(&id, Duration::from_secs(30));
     let removed = rt.containerd.ctr(&["-n", NS, "tasks", "rm", &id]);
     assert!(
         text(&removed.stderr).contains("exit code 255"),
@@ -265,7 +191,7 @@ fn a_killed_shim_is_cleaned_up_by_the_delete_command() {
     let _serial = serial();
     let rt = HullRuntime::start(NS, false);
     let id = unique_id("orphan");
-    run_ok(&rt, &["-d", BUSYBOX_IMAGE, &id, "sleep", "1000"]);
+    rt.run_ok(&["-d", BUSYBOX_IMAGE, &id, "sleep", "1000"]);
     let pod = rt.pod_dirs().pop().expect("a pod directory");
     let vm: Vec<i32> = HullRuntime::vm_processes(&pod)
         .into_iter()
@@ -317,18 +243,15 @@ fn an_agent_policy_file_denies_exec_and_a_bad_one_is_named() {
     let config_arg = config.to_str().expect("utf-8");
 
     let id = unique_id("policy");
-    run_ok(
-        &rt,
-        &[
-            "-d",
-            "--runtime-config-path",
-            config_arg,
-            BUSYBOX_IMAGE,
-            &id,
-            "sleep",
-            "1000",
-        ],
-    );
+    rt.run_ok(&[
+        "-d",
+        "--runtime-config-path",
+        config_arg,
+        BUSYBOX_IMAGE,
+        &id,
+        "sleep",
+        "1000",
+    ]);
     let exec = rt.containerd.ctr(&[
         "-n",
         NS,
@@ -347,25 +270,20 @@ fn an_agent_policy_file_denies_exec_and_a_bad_one_is_named() {
     );
     rt.containerd
         .ctr_ok(&["-n", NS, "tasks", "kill", "-s", "KILL", &id]);
-    wait_until("the task to stop", Duration::from_secs(30), || {
-        task_status(&rt, &id).as_deref() == Some("STOPPED")
-    });
+    rt.wait_stopped(&id, Duration::from_secs(30));
     rt.containerd.ctr_ok(&["-n", NS, "tasks", "rm", &id]);
     rt.containerd.ctr_ok(&["-n", NS, "containers", "rm", &id]);
 
     // A name the agent does not know fails the pod, named.
     std::fs::write(&policy, "denied_rpcs = [\"Exec\"]\n").expect("policy");
-    let output = run(
-        &rt,
-        &[
-            "--rm",
-            "--runtime-config-path",
-            config_arg,
-            BUSYBOX_IMAGE,
-            &unique_id("badpolicy"),
-            "true",
-        ],
-    );
+    let output = rt.run(&[
+        "--rm",
+        "--runtime-config-path",
+        config_arg,
+        BUSYBOX_IMAGE,
+        &unique_id("badpolicy"),
+        "true",
+    ]);
     assert!(!output.status.success());
     assert!(
         text(&output.stderr).contains("policy.denied_rpcs[0]: ")
@@ -380,33 +298,27 @@ fn bad_configuration_and_annotations_are_named() {
     let _serial = serial();
     let rt = HullRuntime::start(NS, false);
     // An annotation beyond the limits.
-    let output = run(
-        &rt,
-        &[
-            "--rm",
-            "--annotation",
-            "io.hull.vcpus=99",
-            BUSYBOX_IMAGE,
-            &unique_id("a"),
-            "true",
-        ],
-    );
+    let output = rt.run(&[
+        "--rm",
+        "--annotation",
+        "io.hull.vcpus=99",
+        BUSYBOX_IMAGE,
+        &unique_id("a"),
+        "true",
+    ]);
     assert!(!output.status.success());
     assert!(
         text(&output.stderr).contains("io.hull.vcpus: 99 is not between 1 and"),
         "{output:?}"
     );
-    let output = run(
-        &rt,
-        &[
-            "--rm",
-            "--annotation",
-            "io.hull.memory_mib=lots",
-            BUSYBOX_IMAGE,
-            &unique_id("a"),
-            "true",
-        ],
-    );
+    let output = rt.run(&[
+        "--rm",
+        "--annotation",
+        "io.hull.memory_mib=lots",
+        BUSYBOX_IMAGE,
+        &unique_id("a"),
+        "true",
+    ]);
     assert!(
         text(&output.stderr).contains("io.hull.memory_mib: \"lots\" is not a whole number"),
         "{output:?}"
@@ -415,17 +327,14 @@ fn bad_configuration_and_annotations_are_named() {
     // A config file given as the runtime option, with a bad value.
     let bad = rt.config_path.with_file_name("bad.toml");
     std::fs::write(&bad, "default_vcpus = 0\n").expect("bad config");
-    let output = run(
-        &rt,
-        &[
-            "--rm",
-            "--runtime-config-path",
-            bad.to_str().expect("utf-8"),
-            BUSYBOX_IMAGE,
-            &unique_id("a"),
-            "true",
-        ],
-    );
+    let output = rt.run(&[
+        "--rm",
+        "--runtime-config-path",
+        bad.to_str().expect("utf-8"),
+        BUSYBOX_IMAGE,
+        &unique_id("a"),
+        "true",
+    ]);
     assert!(
         text(&output.stderr).contains("default_vcpus: 0 is not between 1 and"),
         "{output:?}"
@@ -437,17 +346,14 @@ fn bad_configuration_and_annotations_are_named() {
     let malformed = rt.config_path.with_file_name("malformed.toml");
     std::fs::write(&malformed, "backend = \"hull\nkernel = [\n").expect("malformed config");
     for (path, expected) in [(&missing, "No such file"), (&malformed, "malformed.toml")] {
-        let output = run(
-            &rt,
-            &[
-                "--rm",
-                "--runtime-config-path",
-                path.to_str().expect("utf-8"),
-                BUSYBOX_IMAGE,
-                &unique_id("a"),
-                "true",
-            ],
-        );
+        let output = rt.run(&[
+            "--rm",
+            "--runtime-config-path",
+            path.to_str().expect("utf-8"),
+            BUSYBOX_IMAGE,
+            &unique_id("a"),
+            "true",
+        ]);
         assert!(!output.status.success(), "{output:?}");
         let error = text(&output.stderr);
         assert!(
@@ -460,15 +366,12 @@ fn bad_configuration_and_annotations_are_named() {
 
     // An entrypoint that the image does not have: the VM boots, the
     // container cannot be created, and the error names the program.
-    let output = run(
-        &rt,
-        &[
-            "--rm",
-            BUSYBOX_IMAGE,
-            &unique_id("a"),
-            "/no/such/entrypoint",
-        ],
-    );
+    let output = rt.run(&[
+        "--rm",
+        BUSYBOX_IMAGE,
+        &unique_id("a"),
+        "/no/such/entrypoint",
+    ]);
     assert!(!output.status.success(), "{output:?}");
     assert!(
         text(&output.stderr).contains("/no/such/entrypoint"),
@@ -484,16 +387,8 @@ fn bad_configuration_and_annotations_are_named() {
 async fn a_cri_pod_runs_two_containers_in_one_vm() {
     let _serial = serial();
     let rt = HullRuntime::start(NS, true);
-    let mut client = CriClient::connect(rt.containerd.cri_socket()).await;
-    client.wait_for_test_images().await;
-    let logs = rt.state_dir.with_file_name("logs");
-    let mut spec = PodSpec::new("two-in-a-hull", HULL_HANDLER, &logs);
-    spec.host_network = true;
-    let pod = client
-        .run_pod(&spec)
-        .await
-        .unwrap_or_else(|err| panic!("RunPodSandbox: {err}\n{}", rt.containerd.log_tail(80)));
-    check_backend(&rt);
+    let (mut client, pod) = rt.run_cri_pod(&rt.pod_spec("two-in-a-hull")).await;
+    HullRuntime::check_backend(&rt.pod_dirs());
     assert_eq!(rt.pod_dirs().len(), 1, "one VM for the pod");
 
     // One listens on a localhost port, the other connects: they share the
@@ -613,27 +508,19 @@ async fn a_cri_pod_runs_two_containers_in_one_vm() {
         ("out\n", "err\n", 7)
     );
 
-    client.stop_pod(&pod.id).await.expect("StopPodSandbox");
-    client.remove_pod(&pod.id).await.expect("RemovePodSandbox");
+    client.stop_and_remove_pod(&pod.id).await;
     drop(client);
     assert_no_leftovers(&rt);
 }
 
 #[test]
 fn the_shim_runs_pods_with_the_hull_backend_in_the_kvm_test_host() {
-    if std::env::var_os(EXPECT_BACKEND).is_some() {
-        return; // already inside
-    }
-    kvm_host::rerun_tests(kvm_host::Rerun {
-        tests: &[
+    kvm_host::rerun_under_hull_vmm(
+        &[
             "ctr_runs_exec_kill_and_tty_in_a_hull",
             "a_cri_pod_runs_two_containers_in_one_vm",
             "a_killed_vmm_ends_the_task_with_an_error_and_is_cleaned_up",
         ],
-        env: &format!("{EXPECT_BACKEND}=hull-vmm"),
-        include_ignored: false,
-        tmpfs_tmp: true,
-        memory_mib: 3072,
-        timeout: Duration::from_secs(1200),
-    });
+        Duration::from_secs(1200),
+    );
 }

@@ -14,6 +14,7 @@
 
 use std::time::{Duration, Instant};
 
+use hull_bench::args::number;
 use hull_bench::{median, ratio};
 use hull_tests::containerd::{HULL_HANDLER, RUNC_HANDLER};
 use hull_tests::cri::{ContainerSpec, CriClient, PodSpec};
@@ -26,23 +27,12 @@ const PORT: u16 = 8080;
 /// nc's 30 s idle timeout.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn arg(args: &[String], name: &str, default: u32) -> u32 {
-    args.iter()
-        .skip_while(|arg| *arg != name)
-        .nth(1)
-        .map(|n| {
-            n.parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number"))
-        })
-        .unwrap_or(default)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let runs = arg(&args, "--runs", 3).clamp(1, 20);
+    let runs = number(&args, "--runs", 3u32, 20);
     // /dev/shm holds 64 MiB in both runtimes.
-    let mib = arg(&args, "--mib", 32).clamp(1, 48);
+    let mib = number(&args, "--mib", 32u32, 48);
 
     let rt = HullRuntime::start_with_cni_bridge("hull-bench");
     let mut client = CriClient::connect(rt.containerd.cri_socket()).await;

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
+use hull_bench::args::{number, value};
+use hull_bench::command_output;
 use hull_bench::results::{SOAK_BEGIN, SOAK_END, with_soak_section};
 use hull_tests::leaks::{Kind, Leaks, Snapshot};
 use hull_tests::soak::{CycleError, Soak};
@@ -27,23 +29,6 @@ struct Config {
     check_every: usize,
     out: PathBuf,
     command: String,
-}
-
-fn value<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter()
-        .skip_while(|arg| *arg != name)
-        .nth(1)
-        .map(String::as_str)
-}
-
-fn number(args: &[String], name: &str, default: usize, max: usize) -> usize {
-    value(args, name)
-        .map(|n| {
-            n.parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number"))
-        })
-        .unwrap_or(default)
-        .clamp(1, max)
 }
 
 /// One leak check.
@@ -310,12 +295,4 @@ fn section(config: &Config, progress: &Progress) -> String {
     }
     lines.push(SOAK_END.to_owned());
     lines.join("\n")
-}
-
-fn command_output(program: &str, args: &[&str]) -> String {
-    std::process::Command::new(program)
-        .args(args)
-        .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .unwrap_or_default()
 }

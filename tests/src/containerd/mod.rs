@@ -41,7 +41,10 @@ pub const RUNC_HANDLER: &str = "runc";
 /// The runtime handler name for Hull.
 pub const HULL_HANDLER: &str = "hull";
 
-/// The shim binary containerd looks up on PATH for `io.containerd.hull.v2`.
+/// The runtime type of Hull's shim, as `ctr run --runtime` takes it.
+pub const HULL_RUNTIME: &str = "io.containerd.hull.v2";
+
+/// The shim binary containerd looks up on PATH for [`HULL_RUNTIME`].
 pub const HULL_SHIM: &str = "containerd-shim-hull-v2";
 
 const CONTAINERD: &str = "/usr/bin/containerd";
@@ -275,7 +278,7 @@ disabled_plugins = [
   Root = {runc_root}
 
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{hull}]
-  runtime_type = "io.containerd.hull.v2"
+  runtime_type = "{hull_runtime}"
 
 [plugins."io.containerd.grpc.v1.cri".cni]
   bin_dir = {cni_bin}
@@ -288,6 +291,7 @@ disabled_plugins = [
         pause = crate::image::PAUSE_IMAGE,
         runc = RUNC_HANDLER,
         hull = HULL_HANDLER,
+        hull_runtime = HULL_RUNTIME,
         runc_root = quoted(&paths.runc_root),
         cni_bin = quoted(&paths.cni_bin),
         cni_conf = quoted(&paths.cni_conf),
@@ -422,10 +426,15 @@ impl Containerd {
     /// [`Self::ctr`] that must succeed; returns its stdout, and panics with
     /// its stderr and containerd's log tail otherwise.
     pub fn ctr_ok(&self, args: &[&str]) -> String {
-        let output = self.ctr(args);
+        self.expect_success(&format!("ctr {args:?}"), self.ctr(args))
+    }
+
+    /// The stdout of `command`, which ended with `output`; panics with its
+    /// stderr and containerd's log tail unless it succeeded.
+    pub fn expect_success(&self, command: &str, output: Output) -> String {
         assert!(
             output.status.success(),
-            "ctr {args:?} failed ({}):\nstdout: {}\nstderr: {}\ncontainerd log tail:\n{}",
+            "{command} failed ({}):\nstdout: {}\nstderr: {}\ncontainerd log tail:\n{}",
             output.status,
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr),

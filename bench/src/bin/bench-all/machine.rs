@@ -1,6 +1,7 @@
 //! Section 0, the header: where and how the run was made, so that its
 //! ratios can be read against the machine they came from.
 
+use hull_bench::command_output;
 use hull_hypervisor::host::KvmFacts;
 
 use crate::Config;
@@ -68,12 +69,4 @@ pub(crate) fn machine(report: &mut Report, config: &Config) {
         }
     ));
     report.line("");
-}
-
-fn command_output(program: &str, args: &[&str]) -> String {
-    std::process::Command::new(program)
-        .args(args)
-        .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .unwrap_or_default()
 }

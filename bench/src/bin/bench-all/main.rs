@@ -30,6 +30,7 @@ mod report;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use hull_bench::args::{number, value};
 use hull_tests::containerd::{HULL_HANDLER, RUNC_HANDLER};
 use hull_tests::cri::CriClient;
 use hull_tests::hull_runtime::HullRuntime;
@@ -53,18 +54,6 @@ struct Config {
     command: String,
 }
 
-fn number(args: &[String], name: &str, default: usize, max: usize) -> usize {
-    args.iter()
-        .skip_while(|arg| *arg != name)
-        .nth(1)
-        .map(|n| {
-            n.parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number"))
-        })
-        .unwrap_or(default)
-        .clamp(1, max)
-}
-
 impl Config {
     fn from_args(args: &[String]) -> Self {
         let quick = args.iter().any(|arg| arg == "--quick");
@@ -73,17 +62,11 @@ impl Config {
         } else {
             (20, 10, 256, 10_000, 3)
         };
-        let out = args
-            .iter()
-            .skip_while(|arg| *arg != "--out")
-            .nth(1)
+        let out = value(args, "--out")
             .map(PathBuf::from)
             .or_else(|| (!quick).then(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md")));
-        let command = args
-            .iter()
-            .skip_while(|arg| *arg != "--command")
-            .nth(1)
-            .cloned()
+        let command = value(args, "--command")
+            .map(str::to_owned)
             .unwrap_or_else(|| args.join(" "));
         Self {
             quick,
