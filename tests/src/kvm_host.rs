@@ -34,17 +34,44 @@ pub fn artifacts() -> (PathBuf, PathBuf) {
 /// returns its outcome. Panics with the console if the host does not finish
 /// within `timeout`.
 ///
-/// A test host that hangs (no output, QEMU idle: seen about once in ten
-/// runs, cause not found yet) is reported with its console and whether its
-/// virtiofsd was still alive, and run once more.
+/// A test host that hangs (seen about once in ten runs, cause not found
+/// yet) is reported with its console and whether its virtiofsd was still
+/// alive, and run once more.
 pub fn run(script: &str, memory_mib: u32, timeout: Duration) -> Outcome {
     match run_once(script, memory_mib, timeout) {
         Ok(outcome) => outcome,
         Err(hung) => {
-            eprintln!("{hung}\nrunning the KVM test host once more");
+            report_hang(&hung);
             run_once(script, memory_mib, timeout).unwrap_or_else(|hung| panic!("{hung}"))
         }
     }
+}
+
+/// Where a hang's report is kept for good: the test that saw it passes on
+/// the second run, and libtest drops the captured output of a passing test.
+fn report_hang(hung: &str) {
+    use std::io::Write;
+    let report = format!(
+        "{hung}\nrunning the KVM test host once more (this report is appended to {})\n",
+        hang_log().display()
+    );
+    // Straight to the descriptor: eprintln! would be captured with the rest.
+    let _ = std::io::stderr().write_all(report.as_bytes());
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(hang_log())
+        .and_then(|mut log| {
+            writeln!(log, "==> {:?}", std::time::SystemTime::now())?;
+            log.write_all(report.as_bytes())
+        });
+    if let Err(err) = appended {
+        let _ = writeln!(std::io::stderr(), "writing {}: {err}", hang_log().display());
+    }
+}
+
+fn hang_log() -> PathBuf {
+    crate::cache_dir().join("kvm-host/hangs.log")
 }
 
 fn run_once(script: &str, memory_mib: u32, timeout: Duration) -> Result<Outcome, String> {
