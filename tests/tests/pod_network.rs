@@ -47,23 +47,6 @@ fn in_netns(netns: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// The VMM of the pod whose directory is `pod_dir` is the expected one (in
-/// the KVM test host).
-fn check_backend(pod_dir: &Path) {
-    let Ok(expected) = std::env::var(EXPECT_BACKEND) else {
-        return;
-    };
-    let names: Vec<String> = HullRuntime::vm_processes(pod_dir)
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect();
-    assert!(
-        names.contains(&expected),
-        "{} runs {names:?}, not {expected}",
-        pod_dir.display()
-    );
-}
-
 /// The pod's network namespace, as the shim recorded it.
 fn pod_netns(rt: &HullRuntime, pod_dirs_before: &[std::path::PathBuf]) -> std::path::PathBuf {
     let dir = rt
@@ -71,7 +54,7 @@ fn pod_netns(rt: &HullRuntime, pod_dirs_before: &[std::path::PathBuf]) -> std::p
         .into_iter()
         .find(|dir| !pod_dirs_before.contains(dir))
         .expect("the new pod's directory");
-    check_backend(&dir);
+    HullRuntime::check_backend(std::slice::from_ref(&dir));
     std::fs::read_to_string(dir.join("netns"))
         .expect("the pod's netns record")
         .into()
