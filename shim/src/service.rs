@@ -23,6 +23,7 @@ type Empty = api::Empty;
 
 #[async_trait]
 impl Task for TaskService {
+    #[tracing::instrument(level = "debug", skip_all, fields(id = %request.id, exec = %request.exec_id))]
     async fn state(
         &self,
         _: &TtrpcContext,
@@ -31,6 +32,7 @@ impl Task for TaskService {
         Ok(self.tasks.state(request).await?)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(id = %request.id))]
     async fn create(
         &self,
         _: &TtrpcContext,
@@ -39,6 +41,7 @@ impl Task for TaskService {
         Ok(self.tasks.create(request).await?)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(id = %request.id, exec = %request.exec_id))]
     async fn start(
         &self,
         _: &TtrpcContext,
@@ -47,6 +50,7 @@ impl Task for TaskService {
         Ok(self.tasks.start(request).await?)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(id = %request.id, exec = %request.exec_id))]
     async fn delete(
         &self,
         _: &TtrpcContext,
@@ -81,11 +85,13 @@ impl Task for TaskService {
         Err(ShimError::Unimplemented("checkpoint").into())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(id = %request.id, exec = %request.exec_id, signal = request.signal))]
     async fn kill(&self, _: &TtrpcContext, request: api::KillRequest) -> TtrpcResult<Empty> {
         self.tasks.kill(request).await?;
         Ok(Empty::default())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(id = %request.id, exec = %request.exec_id))]
     async fn exec(&self, _: &TtrpcContext, request: api::ExecProcessRequest) -> TtrpcResult<Empty> {
         self.tasks.exec(request).await?;
         Ok(Empty::default())
@@ -142,6 +148,7 @@ impl Task for TaskService {
         Ok(Empty::default())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(id = %request.id, exec = %request.exec_id))]
     async fn wait(
         &self,
         _: &TtrpcContext,
@@ -188,6 +195,7 @@ impl Task for TaskService {
         })
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn shutdown(&self, _: &TtrpcContext, _: api::ShutdownRequest) -> TtrpcResult<Empty> {
         self.tasks.shutdown().await;
         Ok(Empty::default())

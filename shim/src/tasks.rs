@@ -226,6 +226,7 @@ impl Tasks {
             }
         };
         state.copiers.insert(process_id.clone(), copiers);
+        crate::logging::add_bundle(&bundle);
         state.containers.insert(
             id.clone(),
             Container {
@@ -464,6 +465,7 @@ impl Tasks {
         // The container goes from the guest if the guest is still there; a
         // dead VM or agent must not keep containerd from deleting the task.
         if let Ok((mut agent, _)) = pod_handles(&state) {
+            tracing::debug!(task = %request.id, "removing the container in the guest");
             let removed = agent
                 .remove_container(agent_api::RemoveContainerRequest {
                     container_id: request.id.clone(),
@@ -476,6 +478,7 @@ impl Tasks {
         }
         if let Some(mut container) = state.containers.remove(&request.id) {
             container.mounts.release();
+            crate::logging::remove_bundle(&container.bundle);
         }
         self.events.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
@@ -492,6 +495,7 @@ impl Tasks {
         if state.containers.is_empty()
             && let Some(pod) = state.pod.take()
         {
+            tracing::debug!(task = %request.id, "the pod's last task is gone: stopping the pod");
             pod.stop().await;
         }
         Ok(response)

@@ -459,9 +459,55 @@ impl CriClient {
     }
 
     /// [`Self::stop_pod`], then [`Self::remove_pod`]; both must succeed.
-    pub async fn stop_and_remove_pod(&mut self, id: &str) {
-        self.stop_pod(id).await.expect("StopPodSandbox");
-        self.remove_pod(id).await.expect("RemovePodSandbox");
+    /// A failure shows `containerd`'s log: what its event handlers did with
+    /// the pod's tasks is only there.
+    pub async fn stop_and_remove_pod(
+        &mut self,
+        id: &str,
+        containerd: &crate::containerd::Containerd,
+    ) {
+        let failed = match self.stop_pod(id).await {
+            Ok(()) => self
+                .remove_pod(id)
+                .await
+                .err()
+                .map(|err| ("RemovePodSandbox", err)),
+            Err(err) => Some(("StopPodSandbox", err)),
+        };
+        if let Some((call, err)) = failed {
+            panic!(
+                "{call}: {err:?}\ncontainerd log:\n{}",
+                containerd.log_tail(120)
+            );
+        }
+    }
+
+    /// RemovePodSandbox, retried for up to `patience` as the kubelet's pod
+    /// garbage collector retries it: containerd gives its handling of a
+    /// container's exit 10 seconds, and when that runs out (a busy host and
+    /// several exits at once: a whole VM gone) it retries it later, with
+    /// backoff. Until then the container is still "running" to CRI and
+    /// cannot be removed. Panics with `containerd`'s log after `patience`.
+    pub async fn remove_pod_within(
+        &mut self,
+        id: &str,
+        patience: Duration,
+        containerd: &crate::containerd::Containerd,
+    ) {
+        let deadline = Instant::now() + patience;
+        loop {
+            let err = match self.remove_pod(id).await {
+                Ok(()) => return,
+                Err(err) => err,
+            };
+            if Instant::now() >= deadline {
+                panic!(
+                    "RemovePodSandbox for {patience:?}: {err:?}\ncontainerd log:\n{}",
+                    containerd.log_tail(120)
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// The pod sandboxes CRI lists.

@@ -209,11 +209,43 @@ pub fn rerun_under_hull_vmm(tests: &[&str], timeout: Duration) {
 }
 
 /// Boots the test host and runs `rerun.tests` of the calling test binary in
-/// it, one at a time; panics with the output and console unless every one
-/// of them passed. The guest image directory (`HULL_GUEST_DIR`) goes along
-/// when set. Returns the output for further checks.
+/// it, one process per test; panics with the output and console unless
+/// every one of them passed. The guest image directory (`HULL_GUEST_DIR`)
+/// goes along when set. Returns the output for further checks.
+///
+/// Each test gets half of `rerun.timeout`: one that runs longer is dumped
+/// (processes, kernel and user stacks, containerd's logs) and killed, so a
+/// test that hangs in the test host is reported as itself, with where it
+/// waits, rather than as a test host that never finished.
 pub fn rerun_tests(rerun: Rerun<'_>) -> String {
     let exe = std::env::current_exe().expect("test binary");
+    let script = rerun_script(&rerun, &exe);
+    let mut outcome = run(&script, rerun.memory_mib, rerun.timeout);
+    if outcome.output.contains(TEST_TIMEOUT_MARK) {
+        // As rare as the test host's own hangs, and handled as they are.
+        report_hang(&format!(
+            "a test in the KVM test host hung:\n{}",
+            outcome.output
+        ));
+        outcome = run(&script, rerun.memory_mib, rerun.timeout);
+    }
+    println!("{}", outcome.output);
+    assert_eq!(
+        outcome.exit_code, 0,
+        "output:\n{}\nconsole:\n{}",
+        outcome.output, outcome.console
+    );
+    // The inner tests ran, rather than being filtered out.
+    let passed = outcome.output.matches("test result: ok. 1 passed").count();
+    assert_eq!(passed, rerun.tests.len(), "{}", outcome.output);
+    outcome.output
+}
+
+/// What a test that outlives its time shows before it is killed.
+pub const TEST_TIMEOUT_MARK: &str = "HULL-TEST-TIMEOUT";
+
+/// The test host's script for [`rerun_tests`].
+fn rerun_script(rerun: &Rerun<'_>, exe: &Path) -> String {
     let mut script =
         String::from("export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n");
     if rerun.tmpfs_tmp {
@@ -223,28 +255,59 @@ pub fn rerun_tests(rerun: Rerun<'_>) -> String {
         script.push_str(&format!("export HULL_GUEST_DIR={dir}\n"));
     }
     script.push_str(&format!(
-        "{} RUST_BACKTRACE=1 {} --exact --nocapture --test-threads 1{} {}\n",
-        rerun.env,
+        "limit={}\nmark={TEST_TIMEOUT_MARK}\nexe={}\nignored={}\n",
+        (rerun.timeout / 2).as_secs(),
         exe.display(),
         if rerun.include_ignored {
-            " --include-ignored"
+            "--include-ignored"
         } else {
             ""
         },
-        rerun.tests.join(" ")
     ));
-    let outcome = run(&script, rerun.memory_mib, rerun.timeout);
-    println!("{}", outcome.output);
-    assert_eq!(
-        outcome.exit_code, 0,
-        "output:\n{}\nconsole:\n{}",
-        outcome.output, outcome.console
-    );
-    // The inner tests ran, rather than being filtered out.
-    let passed = format!("test result: ok. {} passed", rerun.tests.len());
-    assert!(outcome.output.contains(&passed), "{}", outcome.output);
-    outcome.output
+    script.push_str(&format!("run_test() {{\n  {} RUST_BACKTRACE=1 \"$exe\" --exact --nocapture --test-threads 1 $ignored \"$1\" &\n", rerun.env));
+    script.push_str(WATCHDOG);
+    script.push_str("status=0\n");
+    for test in rerun.tests {
+        script.push_str(&format!("run_test {test} || status=1\n"));
+    }
+    script.push_str("exit $status\n");
+    script
 }
+
+/// The rest of `run_test`: the test runs in the background as `$!`; a
+/// watchdog dumps and kills it after `$limit` seconds.
+const WATCHDOG: &str = r#"  test=$!
+  (
+    # Killed at the test's end, it takes its sleep along.
+    sleep "$limit" &
+    sleeper=$!
+    trap 'kill $sleeper; exit 0' TERM
+    wait $sleeper
+    echo "$mark $1 still runs after ${limit}s; processes:"
+    ps -eo pid,ppid,stat,etimes,wchan:24,args --forest | cut -c1-240
+    for pid in $test $(pgrep containerd-shim) $(pgrep -x containerd); do
+      echo "--- kernel stacks of $pid ($(cat /proc/$pid/comm 2>/dev/null))"
+      for task in /proc/$pid/task/*; do
+        echo "$task: $(cat $task/comm 2>/dev/null) $(cat $task/wchan 2>/dev/null)"
+        cat $task/stack 2>/dev/null | head -n 8
+      done
+    done
+    echo "--- threads of the test"
+    gdb -p $test -batch -ex 'thread apply all bt 20' 2>&1 | grep '^#\|^Thread' | head -n 200
+    for log in $(find /tmp -maxdepth 5 -name containerd.log 2>/dev/null); do
+      echo "--- $log"
+      tail -n 80 "$log"
+    done
+    kill -9 $test
+  ) &
+  watchdog=$!
+  wait $test
+  code=$?
+  kill $watchdog 2>/dev/null
+  wait $watchdog 2>/dev/null
+  return $code
+}
+"#;
 
 fn wait_for(socket: &Path, helper: &mut Helper) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -291,5 +354,53 @@ mod tests {
         assert_eq!(outcome.output, "line one\nline two\n");
         assert_eq!(outcome.exit_code, 3);
         assert!(parse("HULL-BEGIN\nno end").is_none());
+    }
+
+    #[test]
+    fn a_test_that_outlives_its_time_is_dumped_and_killed_and_the_others_still_run() {
+        let dir = tempfile::tempdir().expect("dir");
+        // Stands in for the test binary: its last argument is the test.
+        let exe = dir.path().join("fake-tests");
+        std::fs::write(
+            &exe,
+            "#!/bin/sh\necho \"ran $FLAG $*\"\ncase \"$5\" in hangs) exec sleep 600;; fails) exit 3;; esac\necho 'test result: ok. 1 passed'\n",
+        )
+        .expect("write");
+        std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let rerun = Rerun {
+            tests: &["first", "hangs", "fails", "last"],
+            env: "FLAG=set",
+            include_ignored: false,
+            tmpfs_tmp: false,
+            memory_mib: 0,
+            timeout: Duration::from_secs(4),
+        };
+        let started = Instant::now();
+        // A file, as in the test host: `ps` must not show the script.
+        let script = dir.path().join("cmd.sh");
+        std::fs::write(&script, rerun_script(&rerun, &exe)).expect("write");
+        let output = Command::new("sh").arg(&script).output().expect("sh");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(1), "{stdout}");
+        for test in rerun.tests {
+            assert!(
+                stdout.contains(&format!(
+                    "ran set --exact --nocapture --test-threads 1 {test}"
+                )),
+                "{stdout}"
+            );
+        }
+        assert!(
+            stdout.contains(&format!("{TEST_TIMEOUT_MARK} hangs still runs after 2s")),
+            "{stdout}"
+        );
+        assert_eq!(stdout.matches(TEST_TIMEOUT_MARK).count(), 1, "{stdout}");
+        assert_eq!(stdout.matches("test result: ok. 1 passed").count(), 2);
+        assert!(stdout.contains("--- kernel stacks of"), "{stdout}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the hung test was not killed"
+        );
     }
 }

@@ -134,7 +134,7 @@ async fn a_fork_bomb_stays_within_its_pids_limit_and_the_pod_and_host_stay_usabl
         "fork bomb: at most {most} of {PIDS_LIMIT} processes; host lag idle {idle:?}, under the bomb {busy:?}"
     );
 
-    client.stop_and_remove_pod(&pod.id).await;
+    client.stop_and_remove_pod(&pod.id, &rt.containerd).await;
     drop(client);
     assert_no_leftovers(&rt);
 }

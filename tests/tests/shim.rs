@@ -508,7 +508,7 @@ async fn a_cri_pod_runs_two_containers_in_one_vm() {
         ("out\n", "err\n", 7)
     );
 
-    client.stop_and_remove_pod(&pod.id).await;
+    client.stop_and_remove_pod(&pod.id, &rt.containerd).await;
     drop(client);
     assert_no_leftovers(&rt);
 }
