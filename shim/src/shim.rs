@@ -145,7 +145,14 @@ pub async fn start(args: &[std::ffi::OsString]) -> Result<(), Error> {
         debug: flags.debug,
         ..StartOpts::default()
     };
-    let address = spawn(opts, &grouping, Vec::new()).await?;
+    // A pod's later containers find its shim serving: reuse it, rather
+    // than start a server that can only fail to bind the same socket.
+    let address = opts.socket_address(&grouping);
+    let address = if served(&address) {
+        address
+    } else {
+        spawn(opts, &grouping, Vec::new()).await?
+    };
     let _ = std::fs::write(bundle.join("address"), &address);
     use std::io::Write;
     let mut stdout = std::io::stdout();
@@ -159,6 +166,13 @@ pub async fn start(args: &[std::ffi::OsString]) -> Result<(), Error> {
 fn pod_of(bundle: &Path) -> Option<String> {
     let spec = crate::spec::read_bundle(bundle).ok()?;
     crate::spec::annotations(&spec).remove(SANDBOX_ID_ANNOTATION)
+}
+
+/// Whether a shim accepts connections at `address` (`unix://PATH`).
+fn served(address: &str) -> bool {
+    address
+        .strip_prefix("unix://")
+        .is_some_and(|path| std::os::unix::net::UnixStream::connect(path).is_ok())
 }
 
 fn served_by_live_shim(pod_dir: &Path) -> bool {
@@ -178,4 +192,24 @@ fn served_by_live_shim(pod_dir: &Path) -> bool {
         && std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .is_ok_and(|comm| "containerd-shim-hull-v2".starts_with(comm.trim()))
         && pid != std::process::id()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_is_served_only_while_something_listens_on_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("shim.sock");
+        let address = format!("unix://{}", path.display());
+        assert!(!served(&address), "no socket yet");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        assert!(served(&address));
+        drop(listener);
+        // A shim that died leaves its socket file behind.
+        assert!(path.exists());
+        assert!(!served(&address));
+        assert!(!served(path.to_str().expect("utf-8")), "not an address");
+    }
 }

@@ -251,6 +251,12 @@ disabled_plugins = [
   "io.containerd.tracing.processor.v1.otlp",
 ]
 
+# A shim's `delete` command (its cleanup after a shim died) gets 5 s by
+# default; on the KVM test host, nested under TCG, starting a debug build
+# of it alone can take that long, and containerd kills it half-way.
+[timeouts]
+  "io.containerd.timeout.shim.cleanup" = "30s"
+
 [grpc]
   address = {socket}
 
