@@ -84,6 +84,7 @@ fn run_once(script: &str, memory_mib: u32, timeout: Duration) -> Result<Outcome,
     let command = dir.path().join("cmd.sh");
     std::fs::write(&command, script).expect("write the script");
     let socket = dir.path().join("fs.sock");
+    let monitor = dir.path().join("monitor.sock");
 
     let mut virtiofsd = Helper::spawn(
         "virtiofsd",
@@ -117,6 +118,9 @@ fn run_once(script: &str, memory_mib: u32, timeout: Duration) -> Result<Outcome,
                 "stdio",
                 "-no-reboot",
             ])
+            // For a hang's report: where the test host's CPU is.
+            .arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
             .arg("-kernel")
             .arg(&kernel)
             .arg("-initrd")
@@ -156,17 +160,60 @@ fn run_once(script: &str, memory_mib: u32, timeout: Duration) -> Result<Outcome,
         String::from_utf8_lossy(&console).into_owned()
     });
     let finished = qemu.wait_timeout(timeout);
+    let cpu = if finished.is_none() {
+        cpu_state(&monitor)
+    } else {
+        String::new()
+    };
     let virtiofsd_exit = virtiofsd.exited();
     qemu.kill();
     virtiofsd.kill();
     let console = reader.join().expect("console reader");
     if finished.is_none() {
         return Err(format!(
-            "the KVM test host did not finish in {timeout:?} (its virtiofsd: {}); console:\n{console}",
+            "the KVM test host did not finish in {timeout:?} (its virtiofsd: {}); its CPU:\n{cpu}\nconsole:\n{console}",
             virtiofsd_exit.map_or("running".to_owned(), |status| format!("ended, {status}"))
         ));
     }
     Ok(parse(&console).unwrap_or_else(|| panic!("no HULL-END on the console:\n{console}")))
+}
+
+/// The registers of the test host's CPU, sampled a few times through the
+/// QEMU monitor: whether a hung test host spins in its kernel (and where)
+/// or in user space, and whether it is inside a nested guest.
+fn cpu_state(monitor: &Path) -> String {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let mut report = String::new();
+    for _ in 0..3 {
+        let Ok(mut stream) = UnixStream::connect(monitor) else {
+            return format!("(no QEMU monitor at {})", monitor.display());
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = stream.write_all(b"info registers\n");
+        let mut reply = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // The reply ends when the monitor goes quiet.
+        while let Ok(read) = stream.read(&mut chunk) {
+            if read == 0 {
+                break;
+            }
+            reply.extend_from_slice(&chunk[..read]);
+        }
+        let reply = String::from_utf8_lossy(&reply);
+        let interesting: Vec<&str> = reply
+            .lines()
+            .filter(|line| {
+                ["RIP=", "EIP=", "CS =", "CR0=", "EFER="]
+                    .iter()
+                    .any(|key| line.trim_start().starts_with(key))
+            })
+            .collect();
+        report.push_str(&interesting.join("\n"));
+        report.push('\n');
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    report
 }
 
 /// How a test binary re-runs some of its own tests in the test host.
@@ -354,6 +401,40 @@ mod tests {
         assert_eq!(outcome.output, "line one\nline two\n");
         assert_eq!(outcome.exit_code, 3);
         assert!(parse("HULL-BEGIN\nno end").is_none());
+    }
+
+    #[test]
+    fn a_hung_test_hosts_registers_are_read_through_its_monitor() {
+        let dir = tempfile::tempdir().expect("dir");
+        let monitor = dir.path().join("monitor.sock");
+        // No kernel and no disk: the firmware finds nothing to boot and
+        // stays there, as good as a hang.
+        let mut qemu = Command::new("qemu-system-x86_64")
+            .args([
+                "-accel",
+                "tcg",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-m",
+                "64M",
+            ])
+            .arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !monitor.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let state = cpu_state(&monitor);
+        let _ = qemu.kill();
+        let _ = qemu.wait();
+        assert_eq!(state.matches("IP=").count(), 3, "{state}");
+        assert_eq!(state.matches("EFER=").count(), 3, "{state}");
+        assert!(cpu_state(&monitor).starts_with("(no QEMU monitor at"));
     }
 
     #[test]
