@@ -28,9 +28,9 @@ pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 pub const VM_GONE_EXIT_STATUS: u32 = 255;
 /// How long output copiers may take once the VM is gone.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long, after the boot timeout, a shim whose pod never started waits
-/// for containerd's Shutdown before it exits on its own
-/// (`Tasks::exit_if_abandoned`).
+/// How long a shim left without a task waits for containerd's Shutdown
+/// before it exits on its own (after the boot timeout, when its pod never
+/// started): `Tasks::exit_if_abandoned`.
 const ABANDONED_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default)]
@@ -88,26 +88,32 @@ impl Tasks {
 
     pub async fn create(&self, request: api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
         if self.state.lock().await.pod.is_none() {
-            self.exit_if_abandoned();
+            self.exit_if_abandoned(crate::pod::BOOT_TIMEOUT + ABANDONED_GRACE);
         }
         self.create_task(request).await
     }
 
-    /// After the first Create: if it failed, containerd normally sends
-    /// Shutdown next and the shim goes. But when the caller gave up first (a
-    /// kubelet's RunPodSandbox deadline while the VM was still booting),
-    /// containerd cleans up, disconnects and drops the request, and nothing
-    /// would ever stop the shim: the soak found such shims left running. So
-    /// once any boot has ended (the boot timeout) and a grace period after,
-    /// a shim with neither a pod nor a task exits by itself.
-    fn exit_if_abandoned(&self) {
+    /// After the first Create, and after the Delete of the last task:
+    /// containerd normally sends Shutdown next and the shim goes. But when
+    /// the caller gave up first, nothing would ever stop the shim:
+    /// - a kubelet's RunPodSandbox deadline while the VM was still booting:
+    ///   containerd cleans up, disconnects and drops the request (the soak
+    ///   found such shims left running);
+    /// - CRI's handling of an exit that ran out of time while the shim was
+    ///   deleting the task: containerd's retry finds the task gone and does
+    ///   not delete it again, so no Shutdown follows (the fault tests found
+    ///   that one).
+    ///
+    /// So `after` that (for a Create, once any boot has ended), a shim with
+    /// neither a pod nor a task exits by itself.
+    fn exit_if_abandoned(&self, after: Duration) {
         let tasks = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(crate::pod::BOOT_TIMEOUT + ABANDONED_GRACE).await;
+            tokio::time::sleep(after).await;
             // Waits for a Create still in progress.
             let state = tasks.state.lock().await;
             if state.pod.is_none() && state.containers.is_empty() {
-                tracing::warn!("no pod started and no task: exiting");
+                tracing::warn!("no pod and no task, and no Shutdown came: exiting");
                 tasks.exit.signal();
             }
         });
@@ -492,11 +498,12 @@ impl Tasks {
             }),
         );
         // The pod's last container takes the VM with it.
-        if state.containers.is_empty()
-            && let Some(pod) = state.pod.take()
-        {
-            tracing::debug!(task = %request.id, "the pod's last task is gone: stopping the pod");
-            pod.stop().await;
+        if state.containers.is_empty() {
+            if let Some(pod) = state.pod.take() {
+                tracing::debug!(task = %request.id, "the pod's last task is gone: stopping the pod");
+                pod.stop().await;
+            }
+            self.exit_if_abandoned(ABANDONED_GRACE);
         }
         Ok(response)
     }
