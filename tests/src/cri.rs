@@ -466,20 +466,14 @@ impl CriClient {
         id: &str,
         containerd: &crate::containerd::Containerd,
     ) {
-        let failed = match self.stop_pod(id).await {
-            Ok(()) => self
-                .remove_pod(id)
-                .await
-                .err()
-                .map(|err| ("RemovePodSandbox", err)),
-            Err(err) => Some(("StopPodSandbox", err)),
-        };
-        if let Some((call, err)) = failed {
+        if let Err(err) = self.stop_pod(id).await {
             panic!(
-                "{call}: {err:?}\ncontainerd log:\n{}",
+                "StopPodSandbox: {err:?}\ncontainerd log:\n{}",
                 containerd.log_tail(120)
             );
         }
+        // Once, without a retry.
+        self.remove_pod_within(id, Duration::ZERO, containerd).await;
     }
 
     /// RemovePodSandbox, retried for up to `patience` as the kubelet's pod

@@ -35,8 +35,9 @@ pub fn artifacts() -> (PathBuf, PathBuf) {
 /// within `timeout`.
 ///
 /// A test host that hangs (seen about once in ten runs, cause not found
-/// yet) is reported with its console and whether its virtiofsd was still
-/// alive, and run once more.
+/// yet: its vCPU busy, nothing reaching its virtiofsd) is reported with its
+/// console, its CPU's registers and whether its virtiofsd was still alive,
+/// and run once more.
 pub fn run(script: &str, memory_mib: u32, timeout: Duration) -> Outcome {
     match run_once(script, memory_mib, timeout) {
         Ok(outcome) => outcome,
