@@ -4,6 +4,7 @@
 
 mod container;
 mod process;
+pub mod seam;
 
 pub use container::Container;
 pub use process::{Exit, Process, ProcessId, StdioPaths};
