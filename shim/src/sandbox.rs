@@ -11,13 +11,15 @@ use async_trait::async_trait;
 use containerd_shim::protos::api;
 use tokio::sync::watch;
 
-use crate::agent::GrpcAgent;
+use self::agent::GrpcAgent;
 use crate::config::Config;
 use crate::error::{Result, ShimError};
 use crate::mounts::ContainerMounts;
 use crate::pod::{Pod, PodSpec, VmKiller};
 use crate::task::seam::{GuestAgent, HostResources, PodBooter, PodVm, Prepared};
 use crate::tasks::{Deadlines, SANDBOX_ID_ANNOTATION, pod_dir_record};
+
+mod agent;
 
 /// The task state machine's deadlines for real pods.
 pub fn deadlines() -> Deadlines {

@@ -39,8 +39,7 @@ use crate::stdio::Copiers;
 use crate::task::seam::{PodBooter, PodVm};
 use crate::task::{Container, Exit, ProcessId};
 
-/// CRI's annotations: the pod a container belongs to, and its role.
-pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+pub use crate::task::SANDBOX_ID_ANNOTATION;
 /// The exit status of a process whose VM died under it (containerd shows
 /// it as an error exit, like runc's 255 for a lost process).
 pub const VM_GONE_EXIT_STATUS: u32 = 255;

@@ -13,6 +13,9 @@ use containerd_shim::protos::api::Status as ApiStatus;
 
 use crate::error::{Result, ShimError};
 
+/// CRI's annotation: the pod a container belongs to.
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
 /// A process's lifecycle: `Created` → `Running` ⇄ `Paused` → `Stopped`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {

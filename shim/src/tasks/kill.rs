@@ -21,7 +21,17 @@ impl Tasks {
                 )));
             }
         }
-        let pod = self.pod()?;
+        let pod = match self.pod() {
+            Ok(pod) => pod,
+            // Nothing left to signal: the process died with its VM, and
+            // its exit is on its way (containerd waits for it, as after
+            // any kill). An error would fail CRI's StopContainer.
+            Err(ShimError::VmGone(reason)) => {
+                tracing::debug!(process = %id, %reason, "kill: the VM is gone already");
+                return Ok(());
+            }
+            Err(err) => return Err(err),
+        };
         let agent = pod.agent();
         let signalled = Self::call(
             "SignalProcess",
