@@ -177,15 +177,32 @@ mod tests {
     #[test]
     fn only_a_test_agent_hangs_and_never_on_the_sandbox_setup() {
         let names = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
-        let err = Policy::parse_hang(&names(&["SignalProcess"]), false).expect_err("not a test build");
-        assert!(err.to_string().starts_with("policy.hang_rpcs: this agent was not built for tests"), "{err}");
+        let err =
+            Policy::parse_hang(&names(&["SignalProcess"]), false).expect_err("not a test build");
+        assert!(
+            err.to_string()
+                .starts_with("policy.hang_rpcs: this agent was not built for tests"),
+            "{err}"
+        );
         assert!(Policy::parse_hang(&[], false).expect("none").is_empty());
-        let hang = Policy::parse_hang(&names(&["SignalProcess", "DestroySandbox"]), true).expect("test build");
-        assert_eq!(hang.into_iter().collect::<Vec<_>>(), ["DestroySandbox", "SignalProcess"]);
+        let hang = Policy::parse_hang(&names(&["SignalProcess", "DestroySandbox"]), true)
+            .expect("test build");
+        assert_eq!(
+            hang.into_iter().collect::<Vec<_>>(),
+            ["DestroySandbox", "SignalProcess"]
+        );
         let err = Policy::parse_hang(&names(&["CreateSandbox"]), true).expect_err("setup");
-        assert!(err.to_string().starts_with("policy.hang_rpcs[0]: CreateSandbox cannot hang"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("policy.hang_rpcs[0]: CreateSandbox cannot hang"),
+            "{err}"
+        );
         let err = Policy::parse_hang(&names(&["Kill"]), true).expect_err("unknown");
-        assert!(err.to_string().starts_with("policy.hang_rpcs[0]: \"Kill\" is not an RPC"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("policy.hang_rpcs[0]: \"Kill\" is not an RPC"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -35,4 +35,3 @@ pub async fn connect(uds: PathBuf) -> Result<Agent> {
         })?;
     Ok(AgentClient::new(channel))
 }
-

@@ -391,7 +391,11 @@ impl VmKiller {
     /// are lost for.
     pub fn kill(&self, reason: String) {
         set_gone(&self.gone, reason);
-        let vm = self.vm.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let vm = self
+            .vm
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(vm) = vm {
             tokio::task::spawn_blocking(move || vm.kill());
         }

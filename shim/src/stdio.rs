@@ -153,7 +153,10 @@ fn copy_stdin(mut agent: Agent, process: api::ProcessRef, path: PathBuf) -> Join
         let closed = agent.close_stdin(api::CloseStdinRequest {
             process: Some(process),
         });
-        if tokio::time::timeout(CLOSE_STDIN_TIMEOUT, closed).await.is_err() {
+        if tokio::time::timeout(CLOSE_STDIN_TIMEOUT, closed)
+            .await
+            .is_err()
+        {
             tracing::warn!("the agent did not answer CloseStdin");
         }
     })

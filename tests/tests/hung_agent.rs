@@ -90,7 +90,10 @@ fn ctr_within(rt: &HullRuntime, args: &[&str]) -> Duration {
 #[test]
 fn ctr_kill_and_delete_end_when_the_guest_never_answers() {
     let _serial = serial();
-    let (rt, _policy) = runtime(false, &["SignalProcess", "RemoveContainer", "DestroySandbox"]);
+    let (rt, _policy) = runtime(
+        false,
+        &["SignalProcess", "RemoveContainer", "DestroySandbox"],
+    );
     let id = unique_id("hung");
     rt.run_ok(&["-d", BUSYBOX_IMAGE, &id, "sleep", "1000"]);
     let pids = vm_pids(&rt);
@@ -136,7 +139,10 @@ fn a_task_delete_ends_when_the_guest_never_answers_the_sandbox_teardown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cri_pod_teardown_ends_and_state_answers_when_the_guest_never_answers() {
     let _serial = serial();
-    let (rt, _policy) = runtime(true, &["SignalProcess", "RemoveContainer", "DestroySandbox"]);
+    let (rt, _policy) = runtime(
+        true,
+        &["SignalProcess", "RemoveContainer", "DestroySandbox"],
+    );
     let spec = rt.pod_spec(&unique_id("hung"));
     let (mut client, pod) = rt.run_cri_pod(&spec).await;
     let pids = vm_pids(&rt);

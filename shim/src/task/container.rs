@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use super::seam::HostResources;
 use super::{Process, ProcessId, Status};
 use crate::error::{Result, ShimError};
-use super::seam::HostResources;
 
 #[derive(Debug)]
 pub struct Container {

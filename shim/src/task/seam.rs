@@ -38,8 +38,7 @@ pub trait GuestAgent: Send + Sync + 'static {
     async fn close_stdin(&self, process: &ProcessId) -> Result<()>;
     async fn resize_tty(&self, process: &ProcessId, rows: u32, cols: u32) -> Result<()>;
     async fn update_container(&self, container: &str, resources_json: Vec<u8>) -> Result<()>;
-    async fn stats_container(&self, container: &str)
-    -> Result<agent_api::StatsContainerResponse>;
+    async fn stats_container(&self, container: &str) -> Result<agent_api::StatsContainerResponse>;
     /// Attaches the process's stdio to containerd's FIFOs (opening the
     /// output streams is a call; the copying goes on in the background).
     async fn attach_stdio(&self, process: &ProcessId, paths: &StdioPaths) -> Result<Copiers>;

@@ -45,8 +45,12 @@ impl Tasks {
                 (exit, pid, None, false, None)
             } else {
                 let removed = state.containers.remove(&request.id);
-                state.pending_execs.retain(|process, _| process.container != request.id);
-                state.copiers.retain(|process, _| process.container != request.id);
+                state
+                    .pending_execs
+                    .retain(|process, _| process.container != request.id);
+                state
+                    .copiers
+                    .retain(|process, _| process.container != request.id);
                 let last = state.containers.is_empty() && state.creating.is_empty();
                 let pod = if last {
                     state.pod_stopped = true;

@@ -135,11 +135,7 @@ impl Tasks {
         };
         {
             let mut state = self.lock();
-            container_mut(&mut state, &request.id)?.add_exec(Process::new(
-                id.clone(),
-                0,
-                stdio,
-            ))?;
+            container_mut(&mut state, &request.id)?.add_exec(Process::new(id.clone(), 0, stdio))?;
             state.pending_execs.insert(id, spec);
         }
         self.events().publish(

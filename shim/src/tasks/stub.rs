@@ -43,7 +43,12 @@ impl StubAgent {
     }
 
     pub fn called(&self, rpc: &str) -> usize {
-        self.calls.lock().unwrap().iter().filter(|c| **c == rpc).count()
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| **c == rpc)
+            .count()
     }
 
     /// The process ends in the "guest" with `status`.
@@ -274,7 +279,11 @@ impl StubBooter {
 
 #[async_trait]
 impl PodBooter for StubBooter {
-    async fn boot(&self, _: &api::CreateTaskRequest, _: &serde_json::Value) -> Result<Arc<dyn PodVm>> {
+    async fn boot(
+        &self,
+        _: &api::CreateTaskRequest,
+        _: &serde_json::Value,
+    ) -> Result<Arc<dyn PodVm>> {
         self.boots.fetch_add(1, Ordering::SeqCst);
         let _ = self.booted.subscribe().wait_for(|booted| *booted).await;
         Ok(Arc::clone(&self.pod) as Arc<dyn PodVm>)

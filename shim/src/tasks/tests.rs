@@ -209,7 +209,10 @@ async fn a_container_lives_create_start_exec_kill_wait_delete() {
     h.start("c1", "e1").await.expect("start the exec");
     h.pod.agent.exit(&process_id("c1", "e1"), 3);
     assert_eq!(h.wait("c1", "e1", Duration::from_secs(2)).await, 3);
-    assert_eq!(h.delete("c1", "e1").await.expect("delete exec").exit_status, 3);
+    assert_eq!(
+        h.delete("c1", "e1").await.expect("delete exec").exit_status,
+        3
+    );
 
     let err = h.delete("c1", "").await.expect_err("a running task");
     assert!(matches!(err, ShimError::FailedPrecondition(_)), "{err}");
@@ -268,7 +271,16 @@ async fn a_hung_create_container_ends_at_its_deadline() {
     let err = within(Duration::from_secs(2), h.create("c1"))
         .await
         .expect_err("hung");
-    assert!(matches!(err, ShimError::AgentTimeout { rpc: "CreateContainer", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ShimError::AgentTimeout {
+                rpc: "CreateContainer",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(h.pod.released.load(Ordering::SeqCst), 1);
 }
 
@@ -319,8 +331,14 @@ async fn a_hung_signal_process_kills_the_vm_and_every_process_exits_255() {
     assert!(started.elapsed() >= CALL);
     let killed = h.pod.killed().expect("the VM was killed");
     assert!(killed.contains("SignalProcess"), "{killed}");
-    assert_eq!(h.wait("c1", "", Duration::from_secs(2)).await, VM_GONE_EXIT_STATUS);
-    assert_eq!(h.wait("c2", "", Duration::from_secs(2)).await, VM_GONE_EXIT_STATUS);
+    assert_eq!(
+        h.wait("c1", "", Duration::from_secs(2)).await,
+        VM_GONE_EXIT_STATUS
+    );
+    assert_eq!(
+        h.wait("c2", "", Duration::from_secs(2)).await,
+        VM_GONE_EXIT_STATUS
+    );
     assert_eq!(
         h.exits_within(2, Duration::from_secs(2)).await,
         [("c1".to_owned(), 255), ("c2".to_owned(), 255)]
@@ -352,7 +370,10 @@ async fn a_hung_remove_container_kills_the_vm_and_the_delete_ends() {
     assert!(killed.contains("RemoveContainer"), "{killed}");
     // c1's host side is released even so; c2 is lost with the VM.
     assert_eq!(h.pod.released.load(Ordering::SeqCst), 1);
-    assert_eq!(h.wait("c2", "", Duration::from_secs(2)).await, VM_GONE_EXIT_STATUS);
+    assert_eq!(
+        h.wait("c2", "", Duration::from_secs(2)).await,
+        VM_GONE_EXIT_STATUS
+    );
     assert_eq!(
         h.exits_within(2, Duration::from_secs(2)).await,
         [("c1".to_owned(), 0), ("c2".to_owned(), 255)]
@@ -446,6 +467,9 @@ async fn an_oom_flood_stays_bounded() {
 async fn the_oom_watch_ends_when_the_vm_is_gone() {
     let h = harness(deadlines());
     h.run("c1").await;
+    // The watch takes the guest's stream.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!h.pod.oom.is_closed());
     h.pod.kill("test".into());
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The watch dropped its stream: the guest's side sees it closed.
