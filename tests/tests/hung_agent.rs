@@ -136,9 +136,18 @@ fn a_task_delete_ends_when_the_guest_never_answers_the_sandbox_teardown() {
     assert_gone(&rt, &pids);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cri_pod_teardown_ends_and_state_answers_when_the_guest_never_answers() {
+#[test]
+fn cri_pod_teardown_ends_and_state_answers_when_the_guest_never_answers() {
     let _serial = serial();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(cri_pod_teardown());
+}
+
+async fn cri_pod_teardown() {
     let (rt, _policy) = runtime(
         true,
         &["SignalProcess", "RemoveContainer", "DestroySandbox"],
