@@ -33,6 +33,9 @@ agent=$(bash scripts/build-agent-static.sh | tail -n 1)
 step "guest image"
 # Cached by the hash of its inputs: only the first run builds the kernel.
 bash guest-image/build.sh "$agent"
+# A second initramfs, for tests only: its agent can be told never to answer
+# chosen RPCs (tests/tests/hung_agent.rs).
+bash scripts/build-hang-guest.sh
 
 step "KVM test host"
 bash tests/kvm-host/build.sh

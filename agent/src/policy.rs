@@ -37,9 +37,28 @@ pub const RPCS: &[&str] = &[
 /// down the sandbox.
 const UNDENIABLE: &[&str] = &["Health", "GuestDetails", "CreateSandbox", "DestroySandbox"];
 
+/// What a test cannot make the agent hang on: without these there is no
+/// sandbox to test with.
+const UNHANGABLE: &[&str] = &["Health", "GuestDetails", "CreateSandbox"];
+
+/// Whether this agent was built to play a stalling guest (tests only).
+const TEST_HANG: bool = cfg!(feature = "test-hang");
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Policy {
     denied: BTreeSet<&'static str>,
+    /// RPCs never answered (an agent built with `test-hang` only).
+    hang: BTreeSet<&'static str>,
+}
+
+/// The RPC named `name`, or an error naming `field`.
+fn rpc_named(field: &str, name: &str) -> Result<&'static str> {
+    RPCS.iter()
+        .find(|rpc| **rpc == name)
+        .copied()
+        .ok_or_else(|| {
+            AgentError::invalid(field, format!("{name:?} is not an RPC of hull.agent.v1"))
+        })
 }
 
 impl Policy {
@@ -67,7 +86,38 @@ impl Policy {
             }
             denied.insert(rpc);
         }
-        Ok(Self { denied })
+        let hang_rpcs = policy
+            .map(|policy| policy.hang_rpcs.as_slice())
+            .unwrap_or_default();
+        let hang = Self::parse_hang(hang_rpcs, TEST_HANG)?;
+        Ok(Self { denied, hang })
+    }
+
+    fn parse_hang(names: &[String], test_hang: bool) -> Result<BTreeSet<&'static str>> {
+        if !names.is_empty() && !test_hang {
+            return Err(AgentError::invalid(
+                "policy.hang_rpcs",
+                "this agent was not built for tests (feature test-hang)",
+            ));
+        }
+        let mut hang = BTreeSet::new();
+        for (index, name) in names.iter().enumerate() {
+            let field = format!("policy.hang_rpcs[{index}]");
+            let rpc = rpc_named(&field, name)?;
+            if UNHANGABLE.contains(&rpc) {
+                return Err(AgentError::invalid(
+                    field,
+                    format!("{rpc} cannot hang: the host needs it to set the sandbox up"),
+                ));
+            }
+            hang.insert(rpc);
+        }
+        Ok(hang)
+    }
+
+    /// Whether `rpc` is never to be answered (tests only).
+    pub fn hangs(&self, rpc: &str) -> bool {
+        self.hang.contains(rpc)
     }
 
     /// Refuses `rpc` if the policy denies it.
@@ -90,6 +140,7 @@ mod tests {
     fn policy(names: &[&str]) -> Option<api::AgentPolicy> {
         Some(api::AgentPolicy {
             denied_rpcs: names.iter().map(|name| (*name).to_owned()).collect(),
+            ..Default::default()
         })
     }
 
@@ -121,6 +172,37 @@ mod tests {
             .expect("none")
             .check("ExecProcess")
             .expect("allowed");
+    }
+
+    #[test]
+    fn only_a_test_agent_hangs_and_never_on_the_sandbox_setup() {
+        let names = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        let err =
+            Policy::parse_hang(&names(&["SignalProcess"]), false).expect_err("not a test build");
+        assert!(
+            err.to_string()
+                .starts_with("policy.hang_rpcs: this agent was not built for tests"),
+            "{err}"
+        );
+        assert!(Policy::parse_hang(&[], false).expect("none").is_empty());
+        let hang = Policy::parse_hang(&names(&["SignalProcess", "DestroySandbox"]), true)
+            .expect("test build");
+        assert_eq!(
+            hang.into_iter().collect::<Vec<_>>(),
+            ["DestroySandbox", "SignalProcess"]
+        );
+        let err = Policy::parse_hang(&names(&["CreateSandbox"]), true).expect_err("setup");
+        assert!(
+            err.to_string()
+                .starts_with("policy.hang_rpcs[0]: CreateSandbox cannot hang"),
+            "{err}"
+        );
+        let err = Policy::parse_hang(&names(&["Kill"]), true).expect_err("unknown");
+        assert!(
+            err.to_string()
+                .starts_with("policy.hang_rpcs[0]: \"Kill\" is not an RPC"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -26,9 +26,19 @@ fn answer<T>(result: crate::error::Result<T>) -> RpcResult<T> {
 }
 
 impl AgentRpc {
-    /// The sandbox's policy may deny the RPC (see [`crate::policy`]).
-    fn allowed(&self, rpc: &'static str) -> Result<(), Status> {
+    /// The sandbox's policy may deny the RPC (see [`crate::policy`]), or,
+    /// in an agent built for tests, say never to answer it.
+    async fn allowed(&self, rpc: &'static str) -> Result<(), Status> {
+        self.hang_if_told(rpc).await;
         self.0.allow(rpc).map_err(Status::from)
+    }
+
+    /// Plays a guest that stalls: never answers (tests only).
+    async fn hang_if_told(&self, rpc: &'static str) {
+        if self.0.hangs(rpc) {
+            tracing::warn!(rpc, "test-hang: this call is never answered");
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -56,6 +66,7 @@ impl AgentApi for AgentRpc {
         &self,
         _: Request<api::DestroySandboxRequest>,
     ) -> RpcResult<api::DestroySandboxResponse> {
+        self.hang_if_told("DestroySandbox").await;
         answer(self.0.destroy_sandbox().await)
     }
 
@@ -63,7 +74,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::CreateContainerRequest>,
     ) -> RpcResult<api::CreateContainerResponse> {
-        self.allowed("CreateContainer")?;
+        self.allowed("CreateContainer").await?;
         answer(self.0.create_container(request.into_inner()).await)
     }
 
@@ -71,7 +82,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::StartContainerRequest>,
     ) -> RpcResult<api::StartContainerResponse> {
-        self.allowed("StartContainer")?;
+        self.allowed("StartContainer").await?;
         answer(self.0.start_container(request.into_inner()).await)
     }
 
@@ -79,7 +90,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::RemoveContainerRequest>,
     ) -> RpcResult<api::RemoveContainerResponse> {
-        self.allowed("RemoveContainer")?;
+        self.allowed("RemoveContainer").await?;
         answer(self.0.remove_container(request.into_inner()).await)
     }
 
@@ -87,7 +98,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::PauseContainerRequest>,
     ) -> RpcResult<api::PauseContainerResponse> {
-        self.allowed("PauseContainer")?;
+        self.allowed("PauseContainer").await?;
         answer(self.0.pause_container(request.into_inner()).await)
     }
 
@@ -95,7 +106,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::ResumeContainerRequest>,
     ) -> RpcResult<api::ResumeContainerResponse> {
-        self.allowed("ResumeContainer")?;
+        self.allowed("ResumeContainer").await?;
         answer(self.0.resume_container(request.into_inner()).await)
     }
 
@@ -103,7 +114,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::UpdateContainerRequest>,
     ) -> RpcResult<api::UpdateContainerResponse> {
-        self.allowed("UpdateContainer")?;
+        self.allowed("UpdateContainer").await?;
         answer(self.0.update_container(request.into_inner()).await)
     }
 
@@ -111,7 +122,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::StatsContainerRequest>,
     ) -> RpcResult<api::StatsContainerResponse> {
-        self.allowed("StatsContainer")?;
+        self.allowed("StatsContainer").await?;
         answer(self.0.stats_container(request.into_inner()).await)
     }
 
@@ -119,7 +130,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::ExecProcessRequest>,
     ) -> RpcResult<api::ExecProcessResponse> {
-        self.allowed("ExecProcess")?;
+        self.allowed("ExecProcess").await?;
         answer(self.0.exec_process(request.into_inner()).await)
     }
 
@@ -127,7 +138,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::SignalProcessRequest>,
     ) -> RpcResult<api::SignalProcessResponse> {
-        self.allowed("SignalProcess")?;
+        self.allowed("SignalProcess").await?;
         answer(self.0.signal_process(request.into_inner()).await)
     }
 
@@ -135,7 +146,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::WaitProcessRequest>,
     ) -> RpcResult<api::WaitProcessResponse> {
-        self.allowed("WaitProcess")?;
+        self.allowed("WaitProcess").await?;
         answer(self.0.wait_process(request.into_inner()).await)
     }
 
@@ -143,7 +154,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::ListProcessesRequest>,
     ) -> RpcResult<api::ListProcessesResponse> {
-        self.allowed("ListProcesses")?;
+        self.allowed("ListProcesses").await?;
         answer(self.0.list_processes(request.into_inner()).await)
     }
 
@@ -153,7 +164,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::ReadOutputRequest>,
     ) -> RpcResult<Self::ReadOutputStream> {
-        self.allowed("ReadOutput")?;
+        self.allowed("ReadOutput").await?;
         let output = self.0.read_output(request.into_inner());
         answer(output.map(|bytes| -> Self::ReadOutputStream {
             bytes
@@ -170,7 +181,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<Streaming<api::StdinChunk>>,
     ) -> RpcResult<api::WriteStdinResponse> {
-        self.allowed("WriteStdin")?;
+        self.allowed("WriteStdin").await?;
         let chunks = request.into_inner().map(|chunk| {
             chunk.map_err(|status| AgentError::Runtime(format!("stdin stream: {status}")))
         });
@@ -181,7 +192,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::CloseStdinRequest>,
     ) -> RpcResult<api::CloseStdinResponse> {
-        self.allowed("CloseStdin")?;
+        self.allowed("CloseStdin").await?;
         answer(self.0.close_stdin(request.into_inner()).await)
     }
 
@@ -189,7 +200,7 @@ impl AgentApi for AgentRpc {
         &self,
         request: Request<api::ResizeTtyRequest>,
     ) -> RpcResult<api::ResizeTtyResponse> {
-        self.allowed("ResizeTty")?;
+        self.allowed("ResizeTty").await?;
         answer(self.0.resize_tty(request.into_inner()))
     }
 
@@ -199,7 +210,7 @@ impl AgentApi for AgentRpc {
         &self,
         _: Request<api::OomEventsRequest>,
     ) -> RpcResult<Self::OomEventsStream> {
-        self.allowed("OomEvents")?;
+        self.allowed("OomEvents").await?;
         // A subscriber that falls behind loses the oldest events rather than
         // stalling the watchers; the stream says so in the log.
         let events = BroadcastStream::new(self.0.oom_events()).filter_map(|event| async move {

@@ -33,6 +33,13 @@ pub enum ShimError {
     #[error("agent: {0}")]
     Agent(#[from] tonic::Status),
 
+    /// The agent did not answer in time.
+    #[error("the agent did not answer {rpc} within {after:?}")]
+    AgentTimeout {
+        rpc: &'static str,
+        after: std::time::Duration,
+    },
+
     /// The pod's VM is gone (its VMM or a helper died); the message says which.
     #[error("the pod's VM is gone: {0}")]
     VmGone(String),
@@ -76,6 +83,7 @@ impl ShimError {
                 _ => Code::INTERNAL,
             },
             Self::VmGone(_) => Code::UNAVAILABLE,
+            Self::AgentTimeout { .. } => Code::DEADLINE_EXCEEDED,
             Self::Vm(hull_hypervisor::VmError::Config { .. }) => Code::INVALID_ARGUMENT,
             Self::Vm(_) | Self::Network(_) | Self::Io { .. } => Code::INTERNAL,
         }

@@ -6,7 +6,8 @@
 //! ([`config`]); each container's rootfs and volumes are mounted into the
 //! pod's shared directory and reach the guest over virtio-fs ([`mounts`],
 //! [`spec`]). The Task API ([`service`]) is a thin adapter over the task
-//! state machine ([`task`], [`tasks`]), which drives the guest agent over
+//! state machine ([`task`], [`tasks`]) behind a seam ([`task::seam`],
+//! implemented for real pods by [`sandbox`]), which drives the guest agent over
 //! hybrid vsock ([`agent`]), copies stdio ([`stdio`]) and publishes events
 //! ([`events`]). A CRI pod's CNI interfaces reach the guest as virtio-net
 //! devices through taps mirrored with tc ([`network`]).
@@ -21,6 +22,7 @@ pub mod mounts;
 pub mod network;
 pub mod pod;
 pub mod policy;
+pub mod sandbox;
 pub mod serve;
 pub mod service;
 pub mod shim;

@@ -57,6 +57,7 @@ struct Booted {
     vm: Arc<Mutex<Option<Vm>>>,
     agent: Agent,
     gone: watch::Receiver<Option<String>>,
+    gone_tx: Arc<watch::Sender<Option<String>>>,
     watcher: tokio::task::JoinHandle<()>,
 }
 
@@ -68,6 +69,7 @@ pub struct Pod {
     agent: Agent,
     /// Why the VM is gone, once it is.
     gone: watch::Receiver<Option<String>>,
+    gone_tx: Arc<watch::Sender<Option<String>>>,
     watcher: tokio::task::JoinHandle<()>,
     /// The tc mirroring of the pod's interfaces, undone after the VM stops.
     network: Option<PodNetwork>,
@@ -150,6 +152,7 @@ impl Pod {
                 vm,
                 agent,
                 gone,
+                gone_tx,
                 watcher,
             }) => Ok(Self {
                 id: spec.id.clone(),
@@ -157,6 +160,7 @@ impl Pod {
                 vm,
                 agent,
                 gone,
+                gone_tx,
                 watcher,
                 network,
                 default_pids_limit: config.default_pids_limit,
@@ -241,11 +245,13 @@ impl Pod {
                 ))
             })??;
         let (gone_tx, gone) = watch::channel(None);
-        let watcher = tokio::spawn(watch_vm(Arc::clone(&vm), gone_tx));
+        let gone_tx = Arc::new(gone_tx);
+        let watcher = tokio::spawn(watch_vm(Arc::clone(&vm), Arc::clone(&gone_tx)));
         Ok(Booted {
             vm,
             agent,
             gone,
+            gone_tx,
             watcher,
         })
     }
@@ -268,6 +274,15 @@ impl Pod {
         self.gone.clone()
     }
 
+    /// What kills the VM at once, from anywhere (the task state machine,
+    /// when the guest does not answer).
+    pub fn killer(&self) -> VmKiller {
+        VmKiller {
+            vm: Arc::clone(&self.vm),
+            gone: Arc::clone(&self.gone_tx),
+        }
+    }
+
     /// Pauses or resumes the whole VM, where the backend can.
     pub async fn set_paused(&self, paused: bool) -> Result<()> {
         let vm = Arc::clone(&self.vm);
@@ -282,26 +297,20 @@ impl Pod {
         .map_err(|err| ShimError::VmGone(err.to_string()))?
     }
 
-    /// Stops the VM (asking the guest to power off first, unless it is
-    /// already gone) and removes everything the pod had on the host.
+    /// Stops the VM and removes everything the pod had on the host. The
+    /// caller asked the guest to power off first (DestroySandbox), or
+    /// killed the VM ([`VmKiller`]) when the guest did not answer.
     pub async fn stop(self) {
         self.watcher.abort();
         let alive = self.gone.borrow().is_none();
-        if alive {
-            let mut agent = self.agent.clone();
-            let destroy = agent.destroy_sandbox(api::DestroySandboxRequest {});
-            if tokio::time::timeout(Duration::from_secs(5), destroy)
-                .await
-                .is_err()
-            {
-                tracing::warn!(pod = %self.id, "DestroySandbox did not answer");
-            }
-        }
         let vm = self
             .vm
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        // Whatever still waits on the VM (a process's exit, the OOM
+        // events) ends now.
+        set_gone(&self.gone_tx, "stopped".into());
         if let Some(vm) = vm {
             let clean = tokio::task::spawn_blocking(move || vm.shutdown(SHUTDOWN_TIMEOUT))
                 .await
@@ -330,7 +339,7 @@ impl Pod {
 /// Polls the VM's processes; the first one to exit ends the pod, and the
 /// rest of the VM is killed at once: a guest that lost its file system or
 /// its vsock would otherwise run on with its processes unreachable.
-async fn watch_vm(vm: Arc<Mutex<Option<Vm>>>, gone: watch::Sender<Option<String>>) {
+async fn watch_vm(vm: Arc<Mutex<Option<Vm>>>, gone: Arc<watch::Sender<Option<String>>>) {
     loop {
         tokio::time::sleep(WATCH_INTERVAL).await;
         let vm = Arc::clone(&vm);
@@ -349,9 +358,46 @@ async fn watch_vm(vm: Arc<Mutex<Option<Vm>>>, gone: watch::Sender<Option<String>
         })
         .await;
         if let Ok(Some(reason)) = status {
-            tracing::error!(%reason, "the pod's VM is gone");
-            let _ = gone.send(Some(reason));
+            if set_gone(&gone, reason.clone()) {
+                tracing::error!(%reason, "the pod's VM is gone");
+            }
             return;
+        }
+    }
+}
+
+/// Records why the VM is gone, unless that is known already (the first
+/// reason is the one that explains the rest). Answers whether it did.
+fn set_gone(gone: &watch::Sender<Option<String>>, reason: String) -> bool {
+    gone.send_if_modified(|gone| {
+        if gone.is_some() {
+            return false;
+        }
+        *gone = Some(reason);
+        true
+    })
+}
+
+/// Kills the pod's VM at once, without asking the guest.
+#[derive(Debug, Clone)]
+pub struct VmKiller {
+    vm: Arc<Mutex<Option<Vm>>>,
+    gone: Arc<watch::Sender<Option<String>>>,
+}
+
+impl VmKiller {
+    /// Every process of the VM is killed (on a blocking thread: a kill
+    /// waits for each to be reaped); `reason` is what the pod's processes
+    /// are lost for.
+    pub fn kill(&self, reason: String) {
+        set_gone(&self.gone, reason);
+        let vm = self
+            .vm
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(vm) = vm {
+            tokio::task::spawn_blocking(move || vm.kill());
         }
     }
 }

@@ -5,6 +5,10 @@
 //! denied_rpcs = ["ExecProcess"]
 //! ```
 //!
+//! For tests only, `hang_rpcs = ["SignalProcess"]` names RPCs that an agent
+//! built with its `test-hang` feature never answers (a stalling guest); a
+//! normal agent refuses the sandbox.
+//!
 //! The agent checks the names (it knows its RPCs); this only reads the file.
 
 use std::path::Path;
@@ -17,7 +21,10 @@ use crate::error::{Result, ShimError};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    #[serde(default)]
     denied_rpcs: Vec<String>,
+    #[serde(default)]
+    hang_rpcs: Vec<String>,
 }
 
 /// Reads the policy at `path`; every problem names the file.
@@ -29,6 +36,7 @@ pub fn load(path: &Path) -> Result<api::AgentPolicy> {
         toml::from_str(&text).map_err(|err| ShimError::invalid(field, err.message().to_owned()))?;
     Ok(api::AgentPolicy {
         denied_rpcs: file.denied_rpcs,
+        hang_rpcs: file.hang_rpcs,
     })
 }
 

@@ -29,7 +29,7 @@ impl Task for TaskService {
         _: &TtrpcContext,
         request: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        Ok(self.tasks.state(request).await?)
+        Ok(self.tasks.state(&request)?)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(id = %request.id))]
@@ -102,18 +102,9 @@ impl Task for TaskService {
         _: &TtrpcContext,
         request: api::ResizePtyRequest,
     ) -> TtrpcResult<Empty> {
-        let mut agent = self.tasks.agent_for(&request.id).await?;
-        agent
-            .resize_tty(agent_api::ResizeTtyRequest {
-                process: Some(agent_api::ProcessRef {
-                    container_id: request.id,
-                    exec_id: request.exec_id,
-                }),
-                rows: request.height,
-                cols: request.width,
-            })
-            .await
-            .map_err(ShimError::from)?;
+        self.tasks
+            .resize_pty(&request.id, &request.exec_id, request.height, request.width)
+            .await?;
         Ok(Empty::default())
     }
 
@@ -137,14 +128,7 @@ impl Task for TaskService {
             .as_ref()
             .map(|any| any.value.clone())
             .ok_or_else(|| ShimError::invalid("resources", "is missing"))?;
-        let mut agent = self.tasks.agent_for(&request.id).await?;
-        agent
-            .update_container(agent_api::UpdateContainerRequest {
-                container_id: request.id,
-                resources_json: resources,
-            })
-            .await
-            .map_err(ShimError::from)?;
+        self.tasks.update(&request.id, resources).await?;
         Ok(Empty::default())
     }
 
@@ -162,14 +146,7 @@ impl Task for TaskService {
         _: &TtrpcContext,
         request: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        let mut agent = self.tasks.agent_for(&request.id).await?;
-        let stats = agent
-            .stats_container(agent_api::StatsContainerRequest {
-                container_id: request.id,
-            })
-            .await
-            .map_err(ShimError::from)?
-            .into_inner();
+        let stats = self.tasks.stats(&request.id).await?;
         let metrics = metrics_of(&stats);
         let mut any = Any::new();
         any.type_url = "io.containerd.cgroups.v2.Metrics".into();
@@ -189,7 +166,7 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::ConnectResponse> {
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
-            task_pid: self.tasks.init_pid(&request.id).await.unwrap_or_default(),
+            task_pid: self.tasks.init_pid(&request.id).unwrap_or_default(),
             version: env!("CARGO_PKG_VERSION").into(),
             ..Default::default()
         })

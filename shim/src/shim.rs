@@ -117,7 +117,9 @@ impl Shim for HullShim {
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         TaskService {
             tasks: Tasks::new(
+                Arc::new(crate::sandbox::VmBooter),
                 Events::new(publisher, &self.namespace),
+                crate::sandbox::deadlines(),
                 Arc::clone(&self.exit),
             ),
         }

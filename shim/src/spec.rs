@@ -79,7 +79,7 @@ pub fn for_guest(
         process.remove("apparmorProfile");
         process.remove("selinuxLabel");
     }
-    let from_cri = annotations(spec).contains_key(crate::tasks::SANDBOX_ID_ANNOTATION);
+    let from_cri = annotations(spec).contains_key(crate::task::SANDBOX_ID_ANNOTATION);
     if let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) {
         linux.remove("cgroupsPath");
         linux.remove("mountLabel");

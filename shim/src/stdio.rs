@@ -17,6 +17,8 @@ use crate::error::{Result, ShimError};
 use crate::task::{ProcessId, StdioPaths};
 
 const STDIN_CHUNK: usize = 32 * 1024;
+/// How long the agent gets to answer the CloseStdin at the end of stdin.
+const CLOSE_STDIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The copiers of one process.
 #[derive(Debug, Default)]
@@ -147,11 +149,16 @@ fn copy_stdin(mut agent: Agent, process: api::ProcessRef, path: PathBuf) -> Join
         if let Err(err) = agent.write_stdin(stream).await {
             tracing::debug!(%err, "copying stdin");
         }
-        let _ = agent
-            .close_stdin(api::CloseStdinRequest {
-                process: Some(process),
-            })
-            .await;
+        // Bounded: a guest that does not answer must not keep this task.
+        let closed = agent.close_stdin(api::CloseStdinRequest {
+            process: Some(process),
+        });
+        if tokio::time::timeout(CLOSE_STDIN_TIMEOUT, closed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the agent did not answer CloseStdin");
+        }
     })
 }
 

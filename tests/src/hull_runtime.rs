@@ -67,14 +67,31 @@ impl HullRuntime {
 
     /// [`Self::start`] with `extra` (TOML lines) added to the Hull config.
     pub fn start_with_config(namespace: &str, cri: bool, extra: &str) -> Self {
-        Self::start_with_options(namespace, cri, false, extra)
+        Self::start_with_options(namespace, cri, false, extra, crate::vm::guest_image())
+    }
+
+    /// [`Self::start_with_config`] with another guest image (kernel,
+    /// initramfs), such as [`crate::vm::hang_guest_image`].
+    pub fn start_with_guest(
+        namespace: &str,
+        cri: bool,
+        extra: &str,
+        guest: (PathBuf, PathBuf),
+    ) -> Self {
+        Self::start_with_options(namespace, cri, false, extra, guest)
     }
 
     fn start_with(namespace: &str, cri: bool, cni_bridge: bool) -> Self {
-        Self::start_with_options(namespace, cri, cni_bridge, "")
+        Self::start_with_options(namespace, cri, cni_bridge, "", crate::vm::guest_image())
     }
 
-    fn start_with_options(namespace: &str, cri: bool, cni_bridge: bool, extra: &str) -> Self {
+    fn start_with_options(
+        namespace: &str,
+        cri: bool,
+        cni_bridge: bool,
+        extra: &str,
+        (kernel, initrd): (PathBuf, PathBuf),
+    ) -> Self {
         // Short: pod directories hold Unix sockets.
         let dir = tempfile::Builder::new()
             .prefix("hs-")
@@ -82,7 +99,6 @@ impl HullRuntime {
             .expect("hull state dir");
         let state_dir = dir.path().join("s");
         let config_path = dir.path().join("config.toml");
-        let (kernel, initrd) = crate::vm::guest_image();
         std::fs::write(
             &config_path,
             format!(

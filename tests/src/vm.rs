@@ -28,6 +28,16 @@ pub fn guest_image() -> (PathBuf, PathBuf) {
     crate::kernel_and_initrd(&dir, "vmlinux", "guest-image/build.sh")
 }
 
+/// The guest image whose agent is built with its `test-hang` feature (a
+/// guest that never answers the RPCs its sandbox policy's `hang_rpcs`
+/// names), as scripts/test.sh builds it.
+pub fn hang_guest_image() -> (PathBuf, PathBuf) {
+    let dir = std::env::var_os("HULL_HANG_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::cache_dir().join("guest-hang"));
+    crate::kernel_and_initrd(&dir, "vmlinux", "scripts/build-hang-guest.sh")
+}
+
 /// The backend `kind` picks on this host, running this workspace's hull-vmm.
 pub fn backend(kind: BackendKind) -> Backend {
     match Backend::detect(kind).unwrap_or_else(|err| panic!("{err}")) {

@@ -540,6 +540,7 @@ async fn the_sandbox_policy_denies_exec_and_names_what_it_cannot_deny() {
     let policy = |names: &[&str]| api::CreateSandboxRequest {
         policy: Some(api::AgentPolicy {
             denied_rpcs: names.iter().map(|name| (*name).to_owned()).collect(),
+            ..Default::default()
         }),
         ..Default::default()
     };

@@ -100,6 +100,15 @@ impl Agent {
             .check(rpc)
     }
 
+    /// Whether the sandbox's policy says never to answer `rpc` (an agent
+    /// built for tests with `test-hang` only: see [`crate::policy`]).
+    pub fn hangs(&self, rpc: &str) -> bool {
+        self.policy
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .hangs(rpc)
+    }
+
     pub fn guest_details(&self) -> api::GuestDetailsResponse {
         crate::guest::details(&self.config.cgroup_root, self.config.pid1)
     }

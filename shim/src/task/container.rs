@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use super::seam::HostResources;
 use super::{Process, ProcessId, Status};
 use crate::error::{Result, ShimError};
-use crate::mounts::ContainerMounts;
 
 #[derive(Debug)]
 pub struct Container {
@@ -14,7 +14,8 @@ pub struct Container {
     pub bundle: PathBuf,
     pub init: Process,
     pub execs: HashMap<String, Process>,
-    pub mounts: ContainerMounts,
+    /// The host mounts behind its rootfs and volumes.
+    pub host: Box<dyn HostResources>,
 }
 
 impl Container {

@@ -4,6 +4,7 @@
 
 mod container;
 mod process;
+pub mod seam;
 
 pub use container::Container;
 pub use process::{Exit, Process, ProcessId, StdioPaths};
@@ -11,6 +12,9 @@ pub use process::{Exit, Process, ProcessId, StdioPaths};
 use containerd_shim::protos::api::Status as ApiStatus;
 
 use crate::error::{Result, ShimError};
+
+/// CRI's annotation: the pod a container belongs to.
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
 /// A process's lifecycle: `Created` → `Running` ⇄ `Paused` → `Stopped`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,190 @@
+//! The real side of the task state machine's seam: the pod's VM
+//! ([`crate::pod`]) and its agent ([`crate::agent`]), booted from the
+//! configuration, and each container's host side (its mounts in the pod's
+//! shared directory, [`crate::mounts`], and its spec as the guest sees it,
+//! [`crate::spec`]).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use containerd_shim::protos::api;
+use tokio::sync::watch;
+
+use self::agent::GrpcAgent;
+use crate::config::Config;
+use crate::error::{Result, ShimError};
+use crate::mounts::ContainerMounts;
+use crate::pod::{Pod, PodSpec, VmKiller};
+use crate::task::seam::{GuestAgent, HostResources, PodBooter, PodVm, Prepared};
+use crate::tasks::{Deadlines, SANDBOX_ID_ANNOTATION, pod_dir_record};
+
+mod agent;
+
+/// The task state machine's deadlines for real pods.
+pub fn deadlines() -> Deadlines {
+    Deadlines {
+        abandoned_after_boot: crate::pod::BOOT_TIMEOUT + Deadlines::default().abandoned,
+        ..Deadlines::default()
+    }
+}
+
+/// Boots pods with QEMU or hull-vmm, as the configuration says.
+#[derive(Debug, Default)]
+pub struct VmBooter;
+
+/// The runtime options containerd passes with CRI (`runtimeoptions.v1`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RuntimeOptions {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(string, tag = "2")]
+    config_path: String,
+}
+
+fn config_path_option(
+    options: Option<&containerd_shim::protos::protobuf::well_known_types::any::Any>,
+) -> Option<String> {
+    let any = options?;
+    if !any.type_url.ends_with("runtimeoptions.v1.Options") {
+        return None;
+    }
+    <RuntimeOptions as prost::Message>::decode(any.value.as_slice())
+        .ok()
+        .map(|options| options.config_path)
+}
+
+#[async_trait]
+impl PodBooter for VmBooter {
+    async fn boot(
+        &self,
+        request: &api::CreateTaskRequest,
+        spec: &serde_json::Value,
+    ) -> Result<Arc<dyn PodVm>> {
+        let bundle = Path::new(&request.bundle);
+        let annotations = crate::spec::annotations(spec);
+        let config = Config::load(&Config::path(
+            config_path_option(request.options.as_ref()).as_deref(),
+        ))?;
+        crate::logging::set_level(&config.log_level);
+        let (vcpus, memory_mib) = config.pod_size(&annotations)?;
+        let pod_id = annotations
+            .get(SANDBOX_ID_ANNOTATION)
+            .cloned()
+            .unwrap_or_else(|| request.id.clone());
+        let hostname = spec
+            .get("hostname")
+            .and_then(|h| h.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        // Recorded before the boot, so that the `delete` command finds
+        // the pod's VM if this shim dies while it boots.
+        let record = pod_dir_record(bundle);
+        std::fs::write(
+            &record,
+            config
+                .state_dir
+                .join(&pod_id)
+                .as_os_str()
+                .as_encoded_bytes(),
+        )
+        .map_err(ShimError::io(format!("writing {}", record.display())))?;
+        let pod = Pod::start(
+            &config,
+            &PodSpec {
+                id: pod_id,
+                vcpus,
+                memory_mib,
+                hostname,
+                netns: crate::spec::network_namespace(spec),
+            },
+        )
+        .await?;
+        Ok(Arc::new(VmPod {
+            agent: Arc::new(GrpcAgent(pod.agent())),
+            gone: pod.gone(),
+            killer: pod.killer(),
+            pod: Mutex::new(Some(pod)),
+        }))
+    }
+}
+
+/// A booted pod, until it is stopped.
+#[derive(Debug)]
+struct VmPod {
+    agent: Arc<GrpcAgent>,
+    gone: watch::Receiver<Option<String>>,
+    killer: VmKiller,
+    /// Taken by the stop. Locked only for the synchronous host work of a
+    /// Create (mounts in its shared directory) and for that take.
+    pod: Mutex<Option<Pod>>,
+}
+
+impl HostResources for ContainerMounts {
+    fn release(&mut self) {
+        ContainerMounts::release(self);
+    }
+}
+
+#[async_trait]
+impl PodVm for VmPod {
+    fn agent(&self) -> Arc<dyn GuestAgent> {
+        Arc::clone(&self.agent) as Arc<dyn GuestAgent>
+    }
+
+    fn gone(&self) -> watch::Receiver<Option<String>> {
+        self.gone.clone()
+    }
+
+    fn prepare(
+        &self,
+        id: &str,
+        bundle: &Path,
+        mut spec: serde_json::Value,
+        rootfs_mounts: &[api::Mount],
+    ) -> Result<Prepared> {
+        let guard = self.pod.lock().unwrap_or_else(PoisonError::into_inner);
+        let pod = guard
+            .as_ref()
+            .ok_or_else(|| ShimError::VmGone("the pod was stopped".into()))?;
+        let record = pod_dir_record(bundle);
+        std::fs::write(&record, pod.dir().as_os_str().as_encoded_bytes())
+            .map_err(ShimError::io(format!("writing {}", record.display())))?;
+        let container_dir = pod.shared().container_dir(id);
+        let mut mounts = ContainerMounts::new(&container_dir)?;
+        let rootfs = container_dir.join("rootfs");
+        mounts.rootfs(
+            rootfs_mounts,
+            &crate::spec::root_path(&spec, bundle),
+            &rootfs,
+        )?;
+        crate::spec::for_guest(&mut spec, pod.shared(), &container_dir, &mut mounts)?;
+        crate::spec::limit_pids(&mut spec, pod.default_pids_limit);
+        let guest_rootfs = pod
+            .shared()
+            .guest_path(&rootfs)
+            .ok_or_else(|| ShimError::invalid("rootfs", "outside the shared directory"))?;
+        let oci_spec_json = serde_json::to_vec(&spec)
+            .map_err(|err| ShimError::invalid("config.json", err.to_string()))?;
+        Ok(Prepared {
+            oci_spec_json,
+            guest_rootfs,
+            host: Box::new(mounts),
+        })
+    }
+
+    fn kill(&self, reason: String) {
+        self.killer.kill(reason);
+    }
+
+    async fn stop(&self) {
+        let pod = self
+            .pod
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(pod) = pod {
+            pod.stop().await;
+        }
+    }
+}
