@@ -20,6 +20,7 @@ pub mod logging;
 pub mod mounts;
 pub mod network;
 pub mod pod;
+pub mod pod_dir;
 pub mod policy;
 pub mod serve;
 pub mod service;
