@@ -84,8 +84,9 @@ impl SharedDir {
                 Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => {
                     return Err(ShimError::io(format!("creating {}", dir.display()))(err));
                 }
-                _ => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-                    .map_err(ShimError::io(format!("setting the mode of {}", dir.display())))?,
+                _ => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(
+                    ShimError::io(format!("setting the mode of {}", dir.display())),
+                )?,
             }
         }
         let mut shared = Self {
@@ -149,10 +150,8 @@ fn bind(source: &Path, target: &Path, extra: MsFlags) -> Result<()> {
 }
 
 fn propagate(target: &Path, flag: MsFlags, what: &str) -> Result<()> {
-    mount(None::<&str>, target, None::<&str>, flag, None::<&str>).map_err(mount_error(format!(
-        "making {} {what}",
-        target.display()
-    )))
+    mount(None::<&str>, target, None::<&str>, flag, None::<&str>)
+        .map_err(mount_error(format!("making {} {what}", target.display())))
 }
 
 impl Drop for SharedDir {
@@ -191,10 +190,9 @@ pub struct ContainerMounts {
 impl ContainerMounts {
     /// Makes the container's directory under the pod's host-only directory.
     pub fn new(shared: &SharedDir, container_id: &str) -> Result<Self> {
-        let root = shared
-            .root
-            .try_clone()
-            .map_err(ShimError::io("duplicating the shared directory's descriptor"))?;
+        let root = shared.root.try_clone().map_err(ShimError::io(
+            "duplicating the shared directory's descriptor",
+        ))?;
         let mut mounts = Self {
             id: container_id.to_owned(),
             root,
@@ -256,8 +254,9 @@ impl ContainerMounts {
                 // A snapshotter's bind (the native one): on the descriptor,
                 // read-only all the way down when asked.
                 let source = Path::new(&rootfs.source);
-                let tree = fd::clone_tree(source, option("rbind"))
-                    .map_err(|err| ShimError::invalid(format!("{field}.source"), err.to_string()))?;
+                let tree = fd::clone_tree(source, option("rbind")).map_err(|err| {
+                    ShimError::invalid(format!("{field}.source"), err.to_string())
+                })?;
                 if option("ro") {
                     fd::make_read_only(tree.as_fd())
                         .map_err(|err| ShimError::invalid(field.clone(), err.to_string()))?;
@@ -270,7 +269,11 @@ impl ContainerMounts {
                 // whatever its name leads to by now. A change of propagation
                 // or a remount would name the directory under the new
                 // mount, not the mount: none is taken.
-                if let Some(flag) = rootfs.options.iter().find(|o| NOT_ON_A_DESCRIPTOR.contains(&o.as_str())) {
+                if let Some(flag) = rootfs
+                    .options
+                    .iter()
+                    .find(|o| NOT_ON_A_DESCRIPTOR.contains(&o.as_str()))
+                {
                     return Err(ShimError::invalid(
                         format!("{field}.options"),
                         format!("{flag:?} is not supported for a rootfs"),
@@ -281,7 +284,7 @@ impl ContainerMounts {
                     Some(rootfs.type_.as_str()).filter(|t| !t.is_empty()),
                     source,
                     &rootfs.options,
-                    &fd::proc_path(target.as_fd()),
+                    fd::proc_path(target.as_fd()),
                 )
                 .map_err(|err| ShimError::invalid(field, err.to_string()))?;
             }
@@ -305,8 +308,10 @@ impl ContainerMounts {
             "bind mount source {}",
             source.display()
         )))?;
-        let tree = fd::clone_tree(source, true)
-            .map_err(ShimError::io(format!("cloning the mount at {}", source.display())))?;
+        let tree = fd::clone_tree(source, true).map_err(ShimError::io(format!(
+            "cloning the mount at {}",
+            source.display()
+        )))?;
         if read_only {
             fd::make_read_only(tree.as_fd()).map_err(ShimError::io(format!(
                 "making the bind of {} read-only",
@@ -334,12 +339,9 @@ impl ContainerMounts {
         while let Some(relative) = self.mounted.pop() {
             // The tree is host-only; the check only makes sure that nothing
             // but a plain path below it is ever unmounted.
-            if let Err(err) = fd::open_beneath(
-                self.root.as_fd(),
-                &relative,
-                OFlag::O_PATH,
-                Mode::empty(),
-            ) {
+            if let Err(err) =
+                fd::open_beneath(self.root.as_fd(), &relative, OFlag::O_PATH, Mode::empty())
+            {
                 tracing::warn!(%err, target = %self.show(&relative), "not unmounting");
                 continue;
             }

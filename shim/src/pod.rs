@@ -15,8 +15,8 @@ use crate::agent::{self, Agent};
 use crate::config::Config;
 use crate::error::{Result, ShimError};
 use crate::mounts::{GUEST_SHARED_DIR, SharedDir, unmount_below};
-use crate::pod_dir::PodDir;
 use crate::network::{self, Attached, PodNetwork};
+use crate::pod_dir::PodDir;
 
 /// Under TCG a boot takes seconds; this only bounds one that hangs.
 pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(180);

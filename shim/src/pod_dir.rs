@@ -121,10 +121,7 @@ mod tests {
         assert_eq!(pod.pids(), Path::new("/run/hull/p1/pids"));
         assert_eq!(pod.netns(), Path::new("/run/hull/p1/netns"));
         assert_eq!(pod.shim_pid(), Path::new("/run/hull/p1/shim.pid"));
-        assert_eq!(
-            PodDir::container_mount("c1", 3),
-            Path::new("c1/mounts/3")
-        );
+        assert_eq!(PodDir::container_mount("c1", 3), Path::new("c1/mounts/3"));
         assert_eq!(PodDir::container_rootfs("c1"), Path::new("c1/rootfs"));
     }
 }

@@ -12,8 +12,8 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config, Error, Flags, StartOpts};
 
 use crate::events::{Events, timestamp};
-use crate::service::TaskService;
 use crate::pod_dir::PodDir;
+use crate::service::TaskService;
 use crate::tasks::{SANDBOX_ID_ANNOTATION, Tasks, pod_dir_record};
 
 pub const RUNTIME_ID: &str = "io.containerd.hull.v2";

@@ -118,7 +118,9 @@ fn the_view_is_read_only_at_the_top_and_receives_the_shims_mounts() {
     let shared = SharedDir::create(&pod).expect("shared dir");
     assert_eq!(shared.view(), pod.shared());
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(pod.host_only()).expect("rw").permissions(),
+        &std::fs::metadata(pod.host_only())
+            .expect("rw")
+            .permissions(),
     );
     assert_eq!(mode & 0o777, 0o700, "the host-only directory is open");
     let mut mounts = ContainerMounts::new(&shared, "c1").expect("container dir");
@@ -128,7 +130,11 @@ fn the_view_is_read_only_at_the_top_and_receives_the_shims_mounts() {
 
     let view = pod.shared();
     // The top and the container's directory: read-only.
-    for path in [view.join("top"), view.join("c1/x"), view.join("c1/mounts/x")] {
+    for path in [
+        view.join("top"),
+        view.join("c1/x"),
+        view.join("c1/mounts/x"),
+    ] {
         assert_eq!(
             errno(std::fs::write(&path, "x")),
             Some(libc::EROFS),
@@ -184,11 +190,18 @@ fn links_planted_in_the_tree_lead_no_mount_out_of_it() {
     let mut mounts = ContainerMounts::new(&shared, "c1").expect("container dir");
     let err = mounts.rootfs(&[], &volume).expect_err("rootfs on a link");
     assert!(err.to_string().contains("c1/rootfs"), "{err}");
-    mounts.volume(0, &volume, false).expect_err("volume on a link");
-    mounts.volume(1, &canary_file, false).expect_err("file on a link");
+    mounts
+        .volume(0, &volume, false)
+        .expect_err("volume on a link");
+    mounts
+        .volume(1, &canary_file, false)
+        .expect_err("file on a link");
     mounts.release();
-    assert_eq!(std::fs::read_to_string(&canary_file).expect("read"), "canary\n");
-    assert_eq!(mounts_below(&canary_dir), [canary_dir.clone()]);
+    assert_eq!(
+        std::fs::read_to_string(&canary_file).expect("read"),
+        "canary\n"
+    );
+    assert_eq!(mounts_below(&canary_dir), std::slice::from_ref(&canary_dir));
     assert_eq!(mounts_below(pod.path()).len(), 2, "rw and its view");
     drop(shared);
     assert_eq!(mounts_below(pod.path()), Vec::<PathBuf>::new());

@@ -143,12 +143,13 @@ impl Drop for Canaries {
 /// when it fails, and `plant ID FILES` plants symlinks at every path the
 /// shim mounts on or unmounts for container ID (FILES: the indices of its
 /// file bind mounts, aimed at the canary file; the rest at the tmpfs).
-fn attack_script(canaries: &Canaries, moves: &str) -> String {
+fn attack_script(canaries: &Canaries, pod: &str, moves: &str) -> String {
     format!(
         r#"C={tmpfs}; F={file}; M=/m
 mkdir -p $M
-mountpoint -q $M || mount -t virtiofs hullfs $M || {{ echo NO-MOUNT; exit 0; }}
-echo MOUNTED
+mount -t virtiofs hullfs $M || {{ echo NO-MOUNT; exit 0; }}
+# The share itself: the attacker's own container is in it.
+[ -d $M/{pod}/rootfs ] && echo MOUNTED
 try() {{ if "$@" 2>/dev/null; then echo "DID: $*"; else echo "REFUSED: $*"; fi; }}
 plant() {{
   c=$1
@@ -271,7 +272,7 @@ plant {victim} "$files""#
         &rt,
         &pod,
         "attack-delete",
-        &attack_script(&canaries, &before_delete),
+        &attack_script(&canaries, &pod, &before_delete),
     );
     assert!(
         out.contains("file mounts: ") && !out.contains("file mounts: \n"),
@@ -295,7 +296,7 @@ plant {second} "$files""#
         &rt,
         &pod,
         "attack-create",
-        &attack_script(&canaries, &before_create),
+        &attack_script(&canaries, &pod, &before_create),
     );
     rt.containerd
         .ctr_ok(&["-n", NS, "tasks", "start", "-d", &victim]);
