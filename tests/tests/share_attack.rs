@@ -208,7 +208,7 @@ fn stop_and_remove_task(rt: &HullRuntime, id: &str) {
 }
 
 #[test]
-#[ignore = "not yet passing: in the run here the privileged container's `mount -t virtiofs hullfs /m` returned 0 but /m showed an empty, writable tree, not the share (see /tmp/hull-notes/share.md); run with --ignored"]
+#[ignore = "not yet passing: a second guest mount of hullfs is a new FUSE session whose root is not the share's top (it showed a rw volume); the attacker must reach the agent's mount instead; run with --ignored"]
 fn a_privileged_guest_with_the_share_mounted_cannot_reach_the_host() {
     let _serial = serial();
     let rt = HullRuntime::start(NS, false);
