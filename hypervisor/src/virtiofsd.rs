@@ -9,6 +9,15 @@ use crate::work_dir::{WorkDir, wait_for_socket};
 
 /// Starts virtiofsd on `shared_dir` and waits for its vhost-user socket.
 ///
+/// Everything below `shared_dir` is the guest's to write through its
+/// mount's own flags, and a guest that mounts the share itself (a
+/// privileged container can) writes it at will: the caller exports a view
+/// whose top level is a read-only mount, with writable submounts only where
+/// the guest is meant to write (the shim's `SharedDir`), and never resolves
+/// a path through what the guest can write. virtiofsd's namespace receives
+/// mounts made after it starts only if `shared_dir` is a shared or slave
+/// mount from the start.
+///
 /// `--cache auto` lets the guest cache what the host does not change behind
 /// its back, which is the case for a container's rootfs and volumes.
 pub(crate) fn start(

@@ -12,7 +12,8 @@ use std::path::Path;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::pod::{NETNS_FILE, PIDS_FILE, remove_pod_dir};
+use crate::pod::remove_pod_dir;
+use crate::pod_dir::PodDir;
 
 /// `report` hears of the processes killed ("qemu (pid 42)") as soon as they
 /// are, before the slower rest.
@@ -29,7 +30,7 @@ pub fn clean_up_after_crash(dir: &Path, report: impl FnOnce(&[String])) {
         .map(|(name, pid)| format!("{name} (pid {pid})"))
         .collect();
     report(&killed);
-    if let Ok(netns) = std::fs::read_to_string(dir.join(NETNS_FILE)) {
+    if let Ok(netns) = std::fs::read_to_string(PodDir::at(dir).netns()) {
         crate::network::clean_up(Path::new(&netns));
     }
     remove_pod_dir(dir);
@@ -38,7 +39,7 @@ pub fn clean_up_after_crash(dir: &Path, report: impl FnOnce(&[String])) {
 /// The processes of the pids file that still are what it says: a pid may
 /// have been reused since.
 fn recorded_processes(dir: &Path) -> Vec<(String, i32)> {
-    let Ok(text) = std::fs::read_to_string(dir.join(PIDS_FILE)) else {
+    let Ok(text) = std::fs::read_to_string(PodDir::at(dir).pids()) else {
         return Vec::new();
     };
     text.lines()
@@ -102,8 +103,9 @@ mod tests {
     #[test]
     fn a_vm_process_started_before_the_pids_file_was_written_is_killed() {
         let pod = tempfile::tempdir().expect("dir");
-        let log = pod.path().join("vm/virtiofsd.log");
-        std::fs::create_dir(pod.path().join("vm")).expect("mkdir");
+        let layout = PodDir::at(pod.path());
+        let log = layout.vm().join("virtiofsd.log");
+        std::fs::create_dir(layout.vm()).expect("mkdir");
         std::fs::write(&log, "").expect("write");
         // Stands in for a helper whose pid never reached the pids file.
         let mut helper = Command::new("tail")
@@ -128,7 +130,7 @@ mod tests {
         let pod = tempfile::tempdir().expect("dir");
         let mut other = Command::new("sleep").arg("60").spawn().expect("spawn");
         std::fs::write(
-            pod.path().join(PIDS_FILE),
+            PodDir::at(pod.path()).pids(),
             format!("virtiofsd {}\n", other.id()),
         )
         .expect("write");

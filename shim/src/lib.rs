@@ -21,6 +21,7 @@ pub mod logging;
 pub mod mounts;
 pub mod network;
 pub mod pod;
+pub mod pod_dir;
 pub mod policy;
 pub mod sandbox;
 pub mod serve;

@@ -1,17 +1,33 @@
-//! The pod's shared directory on the host, exported to the guest by
-//! virtiofsd, and what the shim mounts into it: each container's rootfs and
-//! the bind mounts and volumes of its spec.
+//! The pod's shared directory on the host and what the shim mounts into it:
+//! each container's rootfs and the bind mounts and volumes of its spec.
 //!
-//! virtiofsd runs in its own mount namespace, created when it starts; mounts
-//! made later (every container's rootfs) reach it only because the shared
-//! directory is a mount point with shared propagation from the start.
+//! Two directories of the pod directory ([`PodDir`]) hold the tree:
+//! - `rw/`, host-only (0700, never exported): the shim makes every
+//!   directory, file and mount there, through descriptors ([`fd`]), so that
+//!   no name is followed through a symlink or out of the tree;
+//! - `shared/`, what virtiofsd exports: a read-only bind of `rw/` that
+//!   receives its mounts (it is a slave of `rw/`, which is shared). The
+//!   guest can write neither its top level nor a container's directory,
+//!   only inside each container's rootfs and read-write volumes, which are
+//!   submounts with their own flags.
+//!
+//! virtiofsd runs in its own mount namespace, created when it starts;
+//! mounts made later (every container's rootfs) reach it only because its
+//! copy of `shared/` is a slave of `rw/`'s peer group from the start.
 
+pub mod fd;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use containerd_shim::protos::api::Mount;
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::fcntl::OFlag;
+use nix::mount::{MsFlags, mount};
+use nix::sys::stat::Mode;
 
 use crate::error::{Result, ShimError};
+use crate::pod_dir::PodDir;
 
 /// Where the guest agent mounts the shared directory (the agent accepts
 /// targets below its sandbox's `shared` directory).
@@ -24,183 +40,319 @@ fn mount_error(what: String) -> impl FnOnce(nix::errno::Errno) -> ShimError {
     }
 }
 
-/// The shared directory: a bind mount of itself, with shared propagation.
+/// The guest's path for `relative`, a path below the shared directory.
+pub fn guest_path(relative: &Path) -> String {
+    Path::new(GUEST_SHARED_DIR)
+        .join(relative)
+        .display()
+        .to_string()
+}
+
+/// Mount options that would act on a mount point by name after the mount
+/// (`mount_rootfs` changes propagation and remounts on the target path).
+const NOT_ON_A_DESCRIPTOR: &[&str] = &[
+    "remount",
+    "shared",
+    "rshared",
+    "slave",
+    "rslave",
+    "private",
+    "rprivate",
+    "unbindable",
+    "runbindable",
+];
+
+/// The pod's host-only directory and its read-only view for virtiofsd.
 #[derive(Debug)]
 pub struct SharedDir {
-    host: PathBuf,
+    host_only: PathBuf,
+    view: PathBuf,
+    /// `host_only`, held open: every path below it is resolved from here.
+    root: OwnedFd,
+    /// What this value mounted (the view, then `host_only`), for Drop.
+    mounted: Vec<PathBuf>,
 }
 
 impl SharedDir {
-    pub fn create(host: &Path) -> Result<Self> {
-        std::fs::create_dir_all(host)
-            .map_err(ShimError::io(format!("creating {}", host.display())))?;
-        mount(
-            Some(host),
-            host,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(mount_error(format!(
-            "bind-mounting {} on itself",
-            host.display()
-        )))?;
-        let shared = Self {
-            host: host.to_owned(),
+    /// Makes `rw/` a shared mount of itself and `shared/` a read-only slave
+    /// bind of it. On failure, what was mounted is unmounted.
+    pub fn create(pod: &PodDir) -> Result<Self> {
+        let host_only = pod.host_only();
+        let view = pod.shared();
+        for (dir, mode) in [(&host_only, 0o700), (&view, 0o755)] {
+            match std::fs::DirBuilder::new().mode(mode).create(dir) {
+                Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(ShimError::io(format!("creating {}", dir.display()))(err));
+                }
+                _ => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(
+                    ShimError::io(format!("setting the mode of {}", dir.display())),
+                )?,
+            }
+        }
+        let mut shared = Self {
+            root: fd::open_dir(&host_only)
+                .map_err(ShimError::io(format!("opening {}", host_only.display())))?,
+            host_only: host_only.clone(),
+            view: view.clone(),
+            mounted: Vec::new(),
         };
+        bind(&host_only, &host_only, MsFlags::empty())?;
+        shared.mounted.push(host_only.clone());
+        // The bind mount, not the directory under it: a mount attached
+        // below the directory itself would not propagate to the view.
+        shared.root = fd::open_dir(&host_only)
+            .map_err(ShimError::io(format!("opening {}", host_only.display())))?;
+        propagate(&host_only, MsFlags::MS_SHARED, "shared")?;
+        bind(&host_only, &view, MsFlags::empty())?;
+        shared.mounted.insert(0, view.clone());
+        // A slave receives rw/'s mounts and sends none back.
+        propagate(&view, MsFlags::MS_SLAVE, "a slave")?;
         mount(
             None::<&str>,
-            host,
+            &view,
             None::<&str>,
-            MsFlags::MS_SHARED,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
             None::<&str>,
         )
-        .map_err(mount_error(format!(
-            "making {} a shared mount",
-            host.display()
-        )))?;
+        .map_err(mount_error(format!("making {} read-only", view.display())))?;
         Ok(shared)
     }
 
-    /// A shared directory that is a plain directory, for unit tests that
-    /// must not mount anything.
-    #[cfg(test)]
-    pub fn for_tests(host: &Path) -> std::mem::ManuallyDrop<Self> {
-        std::mem::ManuallyDrop::new(Self {
-            host: host.to_owned(),
-        })
+    /// What virtiofsd exports.
+    pub fn view(&self) -> &Path {
+        &self.view
     }
 
-    pub fn host(&self) -> &Path {
-        &self.host
+    /// Where the shim mounts.
+    pub fn host_only(&self) -> &Path {
+        &self.host_only
     }
+}
 
-    /// A container's directory in the shared directory, on the host.
-    pub fn container_dir(&self, container_id: &str) -> PathBuf {
-        self.host.join(container_id)
-    }
+fn bind(source: &Path, target: &Path, extra: MsFlags) -> Result<()> {
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | extra,
+        None::<&str>,
+    )
+    .map_err(mount_error(format!(
+        "bind-mounting {} on {}",
+        source.display(),
+        target.display()
+    )))
+}
 
-    /// The guest's path for `host_path`, which lies in the shared directory.
-    pub fn guest_path(&self, host_path: &Path) -> Option<String> {
-        let relative = host_path.strip_prefix(&self.host).ok()?;
-        Some(
-            Path::new(GUEST_SHARED_DIR)
-                .join(relative)
-                .display()
-                .to_string(),
-        )
-    }
+fn propagate(target: &Path, flag: MsFlags, what: &str) -> Result<()> {
+    mount(None::<&str>, target, None::<&str>, flag, None::<&str>)
+        .map_err(mount_error(format!("making {} {what}", target.display())))
 }
 
 impl Drop for SharedDir {
     fn drop(&mut self) {
         // Lazily: a straggling user (virtiofsd) must not keep it alive.
-        if let Err(err) = umount2(&self.host, MntFlags::MNT_DETACH) {
-            tracing::warn!(%err, dir = %self.host.display(), "unmounting the shared directory");
+        for target in self.mounted.drain(..) {
+            if let Err(err) = fd::unmount(&target) {
+                tracing::warn!(%err, dir = %target.display(), "unmounting the shared directory");
+            }
         }
-        let _ = std::fs::remove_dir_all(&self.host);
+        for dir in [&self.view, &self.host_only] {
+            if let Err(err) = std::fs::remove_dir(dir)
+                && err.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(%err, dir = %dir.display(), "removing the shared directory");
+            }
+        }
     }
 }
 
-/// What the shim mounted for one container, unmounted in reverse order.
-#[derive(Debug, Default)]
+/// What the shim made and mounted for one container under the host-only
+/// directory, undone in reverse order.
+#[derive(Debug)]
 pub struct ContainerMounts {
+    id: String,
+    /// The host-only directory, held open (a duplicate of the pod's).
+    root: OwnedFd,
+    host_only: PathBuf,
+    /// Mount points, relative to `host_only`, in mount order.
     mounted: Vec<PathBuf>,
-    dir: Option<PathBuf>,
+    /// Files and directories made, relative to `host_only`, in order
+    /// (`true` for a directory).
+    created: Vec<(PathBuf, bool)>,
 }
 
 impl ContainerMounts {
-    pub fn new(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(ShimError::io(format!("creating {}", dir.display())))?;
-        Ok(Self {
+    /// Makes the container's directory under the pod's host-only directory.
+    pub fn new(shared: &SharedDir, container_id: &str) -> Result<Self> {
+        let root = shared.root.try_clone().map_err(ShimError::io(
+            "duplicating the shared directory's descriptor",
+        ))?;
+        let mut mounts = Self {
+            id: container_id.to_owned(),
+            root,
+            host_only: shared.host_only.clone(),
             mounted: Vec::new(),
-            dir: Some(dir.to_owned()),
-        })
+            created: Vec::new(),
+        };
+        mounts.make_dir(&PodDir::container(container_id))?;
+        mounts.make_dir(&PodDir::container_mounts(container_id))?;
+        Ok(mounts)
     }
 
-    /// Mounts the container's rootfs at `target`: containerd's mounts (an
-    /// overlay from the snapshotter, usually), or else `root`, the spec's
-    /// root directory (`ctr run --rootfs`, a bundle with its own rootfs).
-    pub fn rootfs(&mut self, mounts: &[Mount], root: &Path, target: &Path) -> Result<()> {
-        std::fs::create_dir_all(target)
-            .map_err(ShimError::io(format!("creating {}", target.display())))?;
+    /// Container mounts over a plain directory, for unit tests that mount
+    /// nothing.
+    #[cfg(test)]
+    pub fn for_tests(dir: &Path, container_id: &str) -> Self {
+        Self {
+            id: container_id.to_owned(),
+            root: fd::open_dir(dir).expect("opening the test directory"),
+            host_only: dir.to_owned(),
+            mounted: Vec::new(),
+            created: Vec::new(),
+        }
+    }
+
+    fn make_dir(&mut self, relative: &Path) -> Result<OwnedFd> {
+        let fd = fd::mkdir_all_beneath(self.root.as_fd(), relative)
+            .map_err(ShimError::io(format!("creating {}", self.show(relative))))?;
+        self.created.push((relative.to_owned(), true));
+        Ok(fd)
+    }
+
+    fn make_file(&mut self, relative: &Path) -> Result<OwnedFd> {
+        let fd = fd::create_file_beneath(self.root.as_fd(), relative)
+            .map_err(ShimError::io(format!("creating {}", self.show(relative))))?;
+        self.created.push((relative.to_owned(), false));
+        Ok(fd)
+    }
+
+    fn show(&self, relative: &Path) -> String {
+        self.host_only.join(relative).display().to_string()
+    }
+
+    /// Mounts the container's rootfs: containerd's mounts (an overlay from
+    /// the snapshotter, usually), or else `root`, the spec's root directory
+    /// (`ctr run --rootfs`, a bundle with its own rootfs). Returns the
+    /// rootfs's path in the guest.
+    pub fn rootfs(&mut self, mounts: &[Mount], root: &Path) -> Result<String> {
+        let relative = PodDir::container_rootfs(&self.id);
         if mounts.is_empty() {
-            return self.bind(root, target, false);
+            self.bind(root, &relative, false)?;
+            return Ok(guest_path(&relative));
         }
+        let target = self.make_dir(&relative)?;
         for (index, rootfs) in mounts.iter().enumerate() {
-            let source = (!rootfs.source.is_empty()).then_some(rootfs.source.as_str());
-            containerd_shim::mount::mount_rootfs(
-                Some(rootfs.type_.as_str()).filter(|t| !t.is_empty()),
-                source,
-                &rootfs.options,
-                target,
-            )
-            .map_err(|err| ShimError::invalid(format!("rootfs[{index}]"), err.to_string()))?;
-            self.mounted.push(target.to_owned());
+            let field = format!("rootfs[{index}]");
+            let option = |name: &str| rootfs.options.iter().any(|o| o == name);
+            if rootfs.type_ == "bind" || option("bind") || option("rbind") {
+                // A snapshotter's bind (the native one): on the descriptor,
+                // read-only all the way down when asked.
+                let source = Path::new(&rootfs.source);
+                let tree = fd::clone_tree(source, option("rbind")).map_err(|err| {
+                    ShimError::invalid(format!("{field}.source"), err.to_string())
+                })?;
+                if option("ro") {
+                    fd::make_read_only(tree.as_fd())
+                        .map_err(|err| ShimError::invalid(field.clone(), err.to_string()))?;
+                }
+                fd::attach(tree.as_fd(), target.as_fd())
+                    .map_err(|err| ShimError::invalid(field.clone(), err.to_string()))?;
+            } else {
+                // A file system (overlay): mounted through the descriptor's
+                // magic link, which pins the directory just made and checked
+                // whatever its name leads to by now. A change of propagation
+                // or a remount would name the directory under the new
+                // mount, not the mount: none is taken.
+                if let Some(flag) = rootfs
+                    .options
+                    .iter()
+                    .find(|o| NOT_ON_A_DESCRIPTOR.contains(&o.as_str()))
+                {
+                    return Err(ShimError::invalid(
+                        format!("{field}.options"),
+                        format!("{flag:?} is not supported for a rootfs"),
+                    ));
+                }
+                let source = (!rootfs.source.is_empty()).then_some(rootfs.source.as_str());
+                containerd_shim::mount::mount_rootfs(
+                    Some(rootfs.type_.as_str()).filter(|t| !t.is_empty()),
+                    source,
+                    &rootfs.options,
+                    fd::proc_path(target.as_fd()),
+                )
+                .map_err(|err| ShimError::invalid(field, err.to_string()))?;
+            }
+            self.mounted.push(relative.clone());
         }
-        Ok(())
+        Ok(guest_path(&relative))
     }
 
-    /// Bind-mounts `source` (a file or a directory) at `target`, read-only
-    /// if asked: the guest then cannot write through virtio-fs either.
-    pub fn bind(&mut self, source: &Path, target: &Path, read_only: bool) -> Result<()> {
+    /// Binds the spec's `mounts[index]` from `source` (a file or a
+    /// directory, with its submounts), read-only if asked, recursively: the
+    /// guest then cannot write through virtio-fs either. Returns the
+    /// mount's path in the guest.
+    pub fn volume(&mut self, index: usize, source: &Path, read_only: bool) -> Result<String> {
+        let relative = PodDir::container_mount(&self.id, index);
+        self.bind(source, &relative, read_only)?;
+        Ok(guest_path(&relative))
+    }
+
+    fn bind(&mut self, source: &Path, relative: &Path, read_only: bool) -> Result<()> {
         let metadata = std::fs::metadata(source).map_err(ShimError::io(format!(
             "bind mount source {}",
             source.display()
         )))?;
-        if metadata.is_dir() {
-            std::fs::create_dir_all(target)
-        } else {
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(ShimError::io(format!("creating {}", parent.display())))?;
-            }
-            std::fs::File::create(target).map(drop)
-        }
-        .map_err(ShimError::io(format!("creating {}", target.display())))?;
-        mount(
-            Some(source),
-            target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(mount_error(format!(
-            "binding {} to {}",
-            source.display(),
-            target.display()
+        let tree = fd::clone_tree(source, true).map_err(ShimError::io(format!(
+            "cloning the mount at {}",
+            source.display()
         )))?;
-        self.mounted.push(target.to_owned());
         if read_only {
-            mount(
-                None::<&str>,
-                target,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                None::<&str>,
-            )
-            .map_err(mount_error(format!(
-                "making {} read-only",
-                target.display()
+            fd::make_read_only(tree.as_fd()).map_err(ShimError::io(format!(
+                "making the bind of {} read-only",
+                source.display()
             )))?;
         }
+        let target = if metadata.is_dir() {
+            self.make_dir(relative)?
+        } else {
+            self.make_file(relative)?
+        };
+        fd::attach(tree.as_fd(), target.as_fd()).map_err(ShimError::io(format!(
+            "binding {} to {}",
+            source.display(),
+            self.show(relative)
+        )))?;
+        self.mounted.push(relative.to_owned());
         Ok(())
     }
 
-    /// Unmounts everything, last first, and removes the container's
-    /// directory. Safe to call more than once.
+    /// Unmounts everything, last first, and removes what was made for the
+    /// container, one entry at a time: never recursively, so that a mount
+    /// that would not go keeps its content. Safe to call more than once.
     pub fn release(&mut self) {
-        while let Some(target) = self.mounted.pop() {
-            if let Err(err) = umount2(&target, MntFlags::MNT_DETACH) {
-                tracing::warn!(%err, target = %target.display(), "unmounting");
+        while let Some(relative) = self.mounted.pop() {
+            // The tree is host-only; the check only makes sure that nothing
+            // but a plain path below it is ever unmounted.
+            if let Err(err) =
+                fd::open_beneath(self.root.as_fd(), &relative, OFlag::O_PATH, Mode::empty())
+            {
+                tracing::warn!(%err, target = %self.show(&relative), "not unmounting");
+                continue;
+            }
+            if let Err(err) = fd::unmount(&self.host_only.join(&relative)) {
+                tracing::warn!(%err, target = %self.show(&relative), "unmounting");
             }
         }
-        if let Some(dir) = self.dir.take()
-            && let Err(err) = std::fs::remove_dir_all(&dir)
-            && err.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(%err, dir = %dir.display(), "removing a container's shared directory");
+        while let Some((relative, is_dir)) = self.created.pop() {
+            if let Err(err) = fd::remove_beneath(self.root.as_fd(), &relative, is_dir) {
+                tracing::warn!(%err, path = %self.show(&relative), "removing");
+            }
         }
     }
 }
@@ -211,22 +363,29 @@ impl Drop for ContainerMounts {
     }
 }
 
-/// Unmounts everything mounted at or below `dir` (deepest first), for the
-/// cleanup after a shim crash, when nothing in memory says what was mounted.
-pub fn unmount_below(dir: &Path) {
+/// The mount points at or below `dir`, from this process's mountinfo.
+pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
     let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
+        return Vec::new();
     };
-    let mut targets: Vec<PathBuf> = mountinfo
+    mountinfo
         .lines()
         .filter_map(|line| line.split_whitespace().nth(4))
         .map(unescape_mountinfo)
         .filter(|target| target.starts_with(dir))
-        .collect();
+        .collect()
+}
+
+/// Unmounts everything mounted at or below `dir` (deepest first), for the
+/// cleanup after a shim crash, when nothing in memory says what was mounted.
+/// Returns whether nothing is mounted there any more.
+pub fn unmount_below(dir: &Path) -> bool {
+    let mut targets = mounts_below(dir);
     targets.sort_by_key(|target| std::cmp::Reverse(target.components().count()));
     for target in targets {
-        let _ = umount2(&target, MntFlags::MNT_DETACH);
+        let _ = fd::unmount(&target);
     }
+    mounts_below(dir).is_empty()
 }
 
 /// mountinfo escapes spaces, tabs, newlines and backslashes as octal.
@@ -262,13 +421,13 @@ mod tests {
 
     #[test]
     fn guest_paths_follow_the_shared_directory() {
-        let shared = SharedDir::for_tests(Path::new("/run/hull/pod/shared"));
         assert_eq!(
-            shared
-                .guest_path(Path::new("/run/hull/pod/shared/c1/rootfs"))
-                .as_deref(),
-            Some("/run/hull-agent/sandbox/shared/hullfs/c1/rootfs")
+            guest_path(&PodDir::container_rootfs("c1")),
+            "/run/hull-agent/sandbox/shared/hullfs/c1/rootfs"
         );
-        assert_eq!(shared.guest_path(Path::new("/etc/hosts")), None);
+        assert_eq!(
+            guest_path(&PodDir::container_mount("c1", 2)),
+            "/run/hull-agent/sandbox/shared/hullfs/c1/mounts/2"
+        );
     }
 }

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::error::{Result, ShimError};
 use crate::mounts::{GUEST_SHARED_DIR, SharedDir, unmount_below};
 use crate::network::{self, Attached, PodNetwork};
+use crate::pod_dir::PodDir;
 
 /// Under TCG a boot takes seconds; this only bounds one that hangs.
 pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -26,12 +27,6 @@ const CREATE_SANDBOX_TIMEOUT: Duration = Duration::from_secs(60);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the VM's processes are checked on.
 const WATCH_INTERVAL: Duration = Duration::from_millis(200);
-/// Written in the pod directory: the VM's processes, for the cleanup that
-/// `containerd-shim-hull-v2 delete` does after a shim crash.
-pub const PIDS_FILE: &str = "pids";
-/// Written in the pod directory when the pod has a network namespace: its
-/// path, for the same cleanup.
-pub const NETNS_FILE: &str = "netns";
 
 /// What the pod is made of.
 #[derive(Debug, Clone)]
@@ -83,19 +78,20 @@ pub struct Pod {
 impl Pod {
     /// Boots the pod's VM and sets up its sandbox.
     pub async fn start(config: &Config, spec: &PodSpec) -> Result<Self> {
-        let dir = config.state_dir.join(&spec.id);
+        let layout = PodDir::new(&config.state_dir, &spec.id);
+        let dir = layout.path().to_owned();
         std::fs::create_dir_all(&dir)
             .map_err(ShimError::io(format!("creating {}", dir.display())))?;
         // Every failure below must leave nothing: the directory goes with
         // this guard unless the pod starts.
         let guard = DirGuard(Some(dir.clone()));
-        let shim_pid = dir.join(crate::shim::SHIM_PID_FILE);
+        let shim_pid = layout.shim_pid();
         std::fs::write(&shim_pid, std::process::id().to_string())
             .map_err(ShimError::io(format!("writing {}", shim_pid.display())))?;
-        let shared = SharedDir::create(&dir.join("shared"))?;
+        let shared = SharedDir::create(&layout)?;
         let attached = match &spec.netns {
             Some(netns) => {
-                let record = dir.join(NETNS_FILE);
+                let record = layout.netns();
                 std::fs::write(&record, netns.as_os_str().as_encoded_bytes())
                     .map_err(ShimError::io(format!("writing {}", record.display())))?;
                 let netns = netns.clone();
@@ -195,14 +191,14 @@ impl Pod {
             initrd: config.initrd.clone(),
             vcpus: spec.vcpus,
             memory_mib: spec.memory_mib,
-            shared_dir: shared.host().to_owned(),
-            console_log: dir.join("console.log"),
-            work_dir: dir.join("vm"),
+            shared_dir: shared.view().to_owned(),
+            console_log: PodDir::at(dir).console_log(),
+            work_dir: PodDir::at(dir).vm(),
             net: network.devices,
             agent_ready_port: hull_proto::v1::AGENT_READY_VSOCK_PORT,
         };
         tracing::info!(pod = %spec.id, backend = backend.name(), vcpus = spec.vcpus, memory_mib = spec.memory_mib, "booting the pod's VM");
-        let pids_file = dir.join(PIDS_FILE);
+        let pids_file = PodDir::at(dir).pids();
         let vm = tokio::task::spawn_blocking(move || -> Result<Vm> {
             let mut vm = backend.start(&vm_config)?;
             record_pids(&pids_file, &vm)?;
@@ -460,8 +456,13 @@ fn record_pids(path: &Path, vm: &Vm) -> Result<()> {
 }
 
 /// Removes a pod directory after unmounting whatever is still mounted in it.
+/// What will not unmount keeps the directory: removing it recursively would
+/// delete the content of a mount that stayed (a volume, a host directory).
 pub(crate) fn remove_pod_dir(dir: &Path) {
-    unmount_below(dir);
+    if !unmount_below(dir) {
+        tracing::error!(dir = %dir.display(), "mounts stay below the pod directory; it is kept");
+        return;
+    }
     if let Err(err) = std::fs::remove_dir_all(dir)
         && err.kind() != std::io::ErrorKind::NotFound
     {

@@ -82,9 +82,8 @@ impl PodBooter for VmBooter {
         let record = pod_dir_record(bundle);
         std::fs::write(
             &record,
-            config
-                .state_dir
-                .join(&pod_id)
+            crate::pod_dir::PodDir::new(&config.state_dir, &pod_id)
+                .path()
                 .as_os_str()
                 .as_encoded_bytes(),
         )
@@ -150,20 +149,10 @@ impl PodVm for VmPod {
         let record = pod_dir_record(bundle);
         std::fs::write(&record, pod.dir().as_os_str().as_encoded_bytes())
             .map_err(ShimError::io(format!("writing {}", record.display())))?;
-        let container_dir = pod.shared().container_dir(id);
-        let mut mounts = ContainerMounts::new(&container_dir)?;
-        let rootfs = container_dir.join("rootfs");
-        mounts.rootfs(
-            rootfs_mounts,
-            &crate::spec::root_path(&spec, bundle),
-            &rootfs,
-        )?;
-        crate::spec::for_guest(&mut spec, pod.shared(), &container_dir, &mut mounts)?;
+        let mut mounts = ContainerMounts::new(pod.shared(), id)?;
+        let guest_rootfs = mounts.rootfs(rootfs_mounts, &crate::spec::root_path(&spec, bundle))?;
+        crate::spec::for_guest(&mut spec, &mut mounts)?;
         crate::spec::limit_pids(&mut spec, pod.default_pids_limit);
-        let guest_rootfs = pod
-            .shared()
-            .guest_path(&rootfs)
-            .ok_or_else(|| ShimError::invalid("rootfs", "outside the shared directory"))?;
         let oci_spec_json = serde_json::to_vec(&spec)
             .map_err(|err| ShimError::invalid("config.json", err.to_string()))?;
         Ok(Prepared {

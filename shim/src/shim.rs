@@ -12,12 +12,11 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config, Error, Flags, StartOpts};
 
 use crate::events::{Events, timestamp};
+use crate::pod_dir::PodDir;
 use crate::service::TaskService;
 use crate::tasks::{SANDBOX_ID_ANNOTATION, Tasks, pod_dir_record};
 
 pub const RUNTIME_ID: &str = "io.containerd.hull.v2";
-/// Written in the pod directory by the shim that serves it.
-pub const SHIM_PID_FILE: &str = "shim.pid";
 
 pub struct HullShim {
     namespace: String,
@@ -80,7 +79,7 @@ impl Shim for HullShim {
                     // The delete of another task of the pod came first.
                     tracing::info!(pod = %dir.display(), "the pod is cleaned up already");
                 } else {
-                    let shim = std::fs::read_to_string(dir.join(SHIM_PID_FILE))
+                    let shim = std::fs::read_to_string(PodDir::at(&dir).shim_pid())
                         .map_or_else(|_| "?".to_owned(), |pid| pid.trim().to_owned());
                     // containerd logs what this command writes to stderr
                     // ("cleanup warnings", or with the error if it gives
@@ -178,7 +177,7 @@ fn served(address: &str) -> bool {
 }
 
 fn served_by_live_shim(pod_dir: &Path) -> bool {
-    let Some(pid) = std::fs::read_to_string(pod_dir.join(SHIM_PID_FILE))
+    let Some(pid) = std::fs::read_to_string(PodDir::at(pod_dir).shim_pid())
         .ok()
         .and_then(|text| text.trim().parse::<u32>().ok())
     else {

@@ -16,7 +16,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::error::{Result, ShimError};
-use crate::mounts::{ContainerMounts, SharedDir};
+use crate::mounts::ContainerMounts;
 
 /// Reads `config.json` from a bundle.
 pub fn read_bundle(bundle: &Path) -> Result<Value> {
@@ -64,14 +64,9 @@ pub fn network_namespace(spec: &Value) -> Option<std::path::PathBuf> {
         .map(std::path::PathBuf::from)
 }
 
-/// Rewrites `spec` for the guest, binding what its mounts need under
-/// `container_dir` (in the shared directory) and recording it in `mounts`.
-pub fn for_guest(
-    spec: &mut Value,
-    shared: &SharedDir,
-    container_dir: &Path,
-    mounts: &mut ContainerMounts,
-) -> Result<()> {
+/// Rewrites `spec` for the guest, binding what its mounts need into the
+/// container's directory of the shared directory through `mounts`.
+pub fn for_guest(spec: &mut Value, mounts: &mut ContainerMounts) -> Result<()> {
     if let Some(object) = spec.as_object_mut() {
         object.remove("hooks");
     }
@@ -138,15 +133,11 @@ pub fn for_guest(
             ));
         }
         let read_only = options.iter().any(|o| o == "ro");
-        let target = container_dir.join("mounts").join(index.to_string());
-        mounts
-            .bind(Path::new(source), &target, read_only)
+        let guest = mounts
+            .volume(index, Path::new(source), read_only)
             .map_err(|err| {
                 ShimError::invalid(format!("mounts[{index}] ({destination})"), err.to_string())
             })?;
-        let guest = shared.guest_path(&target).ok_or_else(|| {
-            ShimError::invalid(format!("mounts[{index}]"), "outside the shared directory")
-        })?;
         entry["source"] = Value::String(guest);
     }
     Ok(())
@@ -227,9 +218,8 @@ mod tests {
             ]
         });
         let dir = tempfile::tempdir().expect("dir");
-        let shared = crate::mounts::SharedDir::for_tests(dir.path());
-        let mut mounts = ContainerMounts::default();
-        for_guest(&mut spec, &shared, &dir.path().join("c1"), &mut mounts).expect("rewrite");
+        let mut mounts = ContainerMounts::for_tests(dir.path(), "c1");
+        for_guest(&mut spec, &mut mounts).expect("rewrite");
         assert!(spec.get("hooks").is_none());
         assert!(spec["process"].get("apparmorProfile").is_none());
         assert!(spec["linux"].get("cgroupsPath").is_none());
@@ -253,17 +243,16 @@ mod tests {
             })
         };
         let dir = tempfile::tempdir().expect("dir");
-        let shared = crate::mounts::SharedDir::for_tests(dir.path());
-        let mut mounts = ContainerMounts::default();
+        let mut mounts = ContainerMounts::for_tests(dir.path(), "c1");
         let mut cri = spec(json!({"io.kubernetes.cri.sandbox-id": "pod1"}));
-        for_guest(&mut cri, &shared, &dir.path().join("c1"), &mut mounts).expect("rewrite");
+        for_guest(&mut cri, &mut mounts).expect("rewrite");
         assert_eq!(
             cri["linux"]["namespaces"],
             json!([{"type": "pid", "path": "/proc/7/ns/pid"}, {"type": "ipc"}])
         );
         // A path given to ctr is the host's.
         let mut ctr = spec(json!({}));
-        for_guest(&mut ctr, &shared, &dir.path().join("c2"), &mut mounts).expect("rewrite");
+        for_guest(&mut ctr, &mut mounts).expect("rewrite");
         assert_eq!(
             ctr["linux"]["namespaces"],
             json!([{"type": "pid"}, {"type": "ipc"}])
@@ -295,14 +284,8 @@ mod tests {
             {"destination": "/data", "type": "bind", "source": "data", "options": ["rbind"]}
         ]});
         let dir = tempfile::tempdir().expect("dir");
-        let shared = crate::mounts::SharedDir::for_tests(dir.path());
-        let err = for_guest(
-            &mut spec,
-            &shared,
-            &dir.path().join("c1"),
-            &mut ContainerMounts::default(),
-        )
-        .expect_err("relative source");
+        let err = for_guest(&mut spec, &mut ContainerMounts::for_tests(dir.path(), "c1"))
+            .expect_err("relative source");
         assert!(err.to_string().starts_with("mounts[0].source"), "{err}");
     }
 }
