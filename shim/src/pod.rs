@@ -12,6 +12,7 @@ use hull_proto::v1::AGENT_VSOCK_PORT;
 use tokio::sync::watch;
 
 use crate::agent::{self, Agent};
+use crate::cgroup::PodCgroup;
 use crate::config::Config;
 use crate::error::{Result, ShimError};
 use crate::mounts::{GUEST_SHARED_DIR, SharedDir, unmount_below};
@@ -42,6 +43,9 @@ pub struct PodSpec {
     pub hostname: String,
     /// The pod's network namespace, where CNI set up its interfaces.
     pub netns: Option<PathBuf>,
+    /// The sandbox spec's `linux.cgroupsPath`: the VM and the shim run in
+    /// that cgroup (see [`crate::cgroup`]); none leaves them where they are.
+    pub cgroups_path: Option<String>,
 }
 
 /// What the guest gets of the pod's network.
@@ -74,6 +78,8 @@ pub struct Pod {
     /// The config's `default_pids_limit`, for every container of the pod
     /// (the config is read once, when the pod starts).
     pub default_pids_limit: u32,
+    /// Left and removed once the VM is stopped.
+    cgroup: Option<PodCgroup>,
     // Dropped after the VM: virtiofsd holds it.
     shared: SharedDir,
 }
@@ -90,6 +96,14 @@ impl Pod {
         let shim_pid = dir.join(crate::shim::SHIM_PID_FILE);
         std::fs::write(&shim_pid, std::process::id().to_string())
             .map_err(ShimError::io(format!("writing {}", shim_pid.display())))?;
+        // First, so that everything the pod makes the host do from here on
+        // is charged to it. Dropped (left and removed) on failure, before
+        // the guard removes the directory.
+        let cgroup = spec
+            .cgroups_path
+            .as_deref()
+            .map(|path| PodCgroup::enter(path, &dir))
+            .transpose()?;
         let shared = SharedDir::create(&dir.join("shared"))?;
         let attached = match &spec.netns {
             Some(netns) => {
@@ -107,8 +121,9 @@ impl Pod {
             None => None,
         };
         match Self::boot(config, spec, dir.clone(), shared, attached).await {
-            Ok(pod) => {
+            Ok(mut pod) => {
                 std::mem::forget(guard);
+                pod.cgroup = cgroup;
                 Ok(pod)
             }
             Err((err, network)) => {
@@ -160,6 +175,7 @@ impl Pod {
                 watcher,
                 network,
                 default_pids_limit: config.default_pids_limit,
+                cgroup: None,
                 shared,
             }),
             Err(err) => Err((err, network)),
@@ -314,11 +330,17 @@ impl Pod {
             dir,
             shared,
             network,
+            cgroup,
             ..
         } = self;
         if let Some(network) = network {
             // The taps went with the VMM; the CNI side's filters go now.
             tokio::task::spawn_blocking(move || network.detach())
+                .await
+                .unwrap_or_default();
+        }
+        if let Some(cgroup) = cgroup {
+            tokio::task::spawn_blocking(move || cgroup.release())
                 .await
                 .unwrap_or_default();
         }
@@ -405,12 +427,7 @@ const KERNEL_PANIC: &str = "Kernel panic - not syncing";
 const PANIC_CONTEXT_LINES: usize = 5;
 
 fn record_pids(path: &Path, vm: &Vm) -> Result<()> {
-    let text: String = vm
-        .pids()
-        .iter()
-        .map(|(name, pid)| format!("{name} {pid}\n"))
-        .collect();
-    std::fs::write(path, text).map_err(ShimError::io(format!("writing {}", path.display())))
+    Ok(hull_hypervisor::leftovers::write_pids_file(path, vm)?)
 }
 
 /// Removes a pod directory after unmounting whatever is still mounted in it.

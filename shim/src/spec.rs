@@ -49,6 +49,23 @@ pub fn annotations(spec: &Value) -> std::collections::HashMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The spec's `linux.cgroupsPath`, unless empty: where the sandbox's VM
+/// is charged (see [`crate::cgroup`]).
+pub fn cgroups_path(spec: &Value) -> Result<Option<String>> {
+    let Some(value) = spec.get("linux").and_then(|linux| linux.get("cgroupsPath")) else {
+        return Ok(None);
+    };
+    match value {
+        Value::Null => Ok(None),
+        Value::String(path) if path.is_empty() => Ok(None),
+        Value::String(path) => Ok(Some(path.clone())),
+        other => Err(ShimError::invalid(
+            "linux.cgroupsPath",
+            format!("{other} is not a string"),
+        )),
+    }
+}
+
 /// The network namespace the spec joins, if it names one: CRI's pod
 /// namespace, where CNI set up the pod's interfaces. A spec that asks for a
 /// new namespace (plain `ctr`) or none (host network) has no such path.

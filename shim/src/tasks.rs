@@ -167,6 +167,7 @@ impl Tasks {
                     memory_mib,
                     hostname,
                     netns: crate::spec::network_namespace(&spec),
+                    cgroups_path: crate::spec::cgroups_path(&spec)?,
                 },
             )
             .await?;
