@@ -218,6 +218,12 @@ impl Pod {
         let vm = tokio::task::spawn_blocking(move || -> Result<Vm> {
             let mut vm = backend.start(&vm_config)?;
             record_pids(&pids_file, &vm)?;
+            for (name, pid) in vm.pids() {
+                // The pod's cgroup full: the VM goes, not its shim.
+                if let Err(err) = hull_hypervisor::cgroup::oom_victim_before_self(pid) {
+                    tracing::warn!(%err, name, pid, "raising the OOM score");
+                }
+            }
             vm.wait_for_agent(AGENT_VSOCK_PORT, BOOT_TIMEOUT)?;
             tracing::info!(timeline = %vm.timeline(), "the pod's VM is up");
             Ok(vm)

@@ -211,6 +211,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_cgroups_path_is_read_and_a_bad_one_named() {
+        let path = |linux: Value| cgroups_path(&json!({ "linux": linux }));
+        assert_eq!(
+            path(json!({"cgroupsPath": "/kubepods/pod1/abc"})).unwrap(),
+            Some("/kubepods/pod1/abc".to_owned())
+        );
+        assert_eq!(path(json!({"cgroupsPath": ""})).unwrap(), None);
+        assert_eq!(path(json!({})).unwrap(), None);
+        let err = path(json!({"cgroupsPath": 7})).expect_err("a number");
+        assert!(
+            err.to_string().starts_with("linux.cgroupsPath: "),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_default_pids_limit_fills_in_only_what_the_spec_leaves_out() {
         let mut bare = json!({"process": {"args": ["sh"]}});
         limit_pids(&mut bare, 64);

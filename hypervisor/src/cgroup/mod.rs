@@ -149,6 +149,31 @@ pub fn host_hierarchies() -> Result<Vec<Hierarchy>, CgroupError> {
     Ok(found)
 }
 
+/// How much more the VM's processes weigh than their owner when the OOM
+/// killer picks a victim (oom_score_adj is -1000 to 1000).
+const OOM_SCORE_OVER_OWNER: i32 = 500;
+
+/// Makes process `pid` (one of the VM's) the OOM killer's choice before
+/// this process (its owner, the shim): when the pod's cgroup runs out, the
+/// VM that filled it goes and the shim lives to clean up and report.
+/// Raising a score needs no privilege; it is never lowered here.
+pub fn oom_victim_before_self(pid: u32) -> Result<(), CgroupError> {
+    let read = |path: &Path| -> Result<i32, CgroupError> {
+        let text = std::fs::read_to_string(path).map_err(CgroupError::io(path, "reading"))?;
+        text.trim().parse().map_err(|_| {
+            CgroupError::io(path, "reading")(std::io::Error::other(format!("{text:?}")))
+        })
+    };
+    let own = read(Path::new("/proc/self/oom_score_adj"))?;
+    let target = PathBuf::from(format!("/proc/{pid}/oom_score_adj"));
+    let wanted = (own + OOM_SCORE_OVER_OWNER).min(1000);
+    if read(&target)? < wanted {
+        std::fs::write(&target, wanted.to_string())
+            .map_err(CgroupError::io(&target, "raising the OOM score"))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +198,28 @@ mod tests {
 
     fn roots(found: &[Hierarchy]) -> Vec<&str> {
         found.iter().map(|h| h.root.to_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_child_becomes_the_oom_victim_before_its_owner() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn");
+        oom_victim_before_self(child.id()).expect("raise");
+        let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let its: i32 = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", child.id()))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(its, (own + OOM_SCORE_OVER_OWNER).min(1000));
+        child.kill().expect("kill");
+        child.wait().expect("wait");
     }
 
     #[test]
