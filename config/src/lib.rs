@@ -296,10 +296,9 @@ impl Config {
             let Some(value) = annotations.get(key) else {
                 return Ok(default);
             };
-            let number: u32 = value
-                .trim()
-                .parse()
-                .map_err(|_| ConfigError::invalid(key, format!("{value:?} is not a whole number")))?;
+            let number: u32 = value.trim().parse().map_err(|_| {
+                ConfigError::invalid(key, format!("{value:?} is not a whole number"))
+            })?;
             if !(min..=max).contains(&number) {
                 return Err(ConfigError::invalid(
                     key,
@@ -443,7 +442,10 @@ enable_annotations = ["io.hull.vcpus"]
             .pod_size(&annotations(&[(MEMORY_ANNOTATION, "16384")]))
             .expect_err("memory is not enabled")
             .to_string();
-        assert!(err.starts_with("io.hull.memory_mib: is not enabled"), "{err}");
+        assert!(
+            err.starts_with("io.hull.memory_mib: is not enabled"),
+            "{err}"
+        );
         let err = only_vcpus
             .pod_size(&annotations(&[("io.hull.memory", "1024")]))
             .expect_err("unknown")

@@ -30,7 +30,8 @@ pub fn write_pids_file(path: &Path, vm: &Vm) -> Result<(), VmError> {
         .iter()
         .map(|(name, pid)| format!("{name} {pid}\n"))
         .collect();
-    std::fs::write(path, text).map_err(|err| VmError::io(format!("writing {}", path.display()), err))
+    std::fs::write(path, text)
+        .map_err(|err| VmError::io(format!("writing {}", path.display()), err))
 }
 
 /// What a dead owner's VM left: where to look.

@@ -220,10 +220,7 @@ mod tests {
         assert_eq!(path(json!({"cgroupsPath": ""})).unwrap(), None);
         assert_eq!(path(json!({})).unwrap(), None);
         let err = path(json!({"cgroupsPath": 7})).expect_err("a number");
-        assert!(
-            err.to_string().starts_with("linux.cgroupsPath: "),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("linux.cgroupsPath: "), "{err}");
     }
 
     #[test]

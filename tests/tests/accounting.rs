@@ -64,7 +64,8 @@ impl ParentCgroup {
                     std::fs::write(dir.join(file), parent.trim()).expect(file);
                 }
             }
-            if hierarchy.controllers.is_empty() || hierarchy.controllers.iter().any(|c| c == "memory")
+            if hierarchy.controllers.is_empty()
+                || hierarchy.controllers.iter().any(|c| c == "memory")
             {
                 memory = Some(dir);
             }
@@ -208,11 +209,8 @@ fn alive(pid: i32) -> bool {
 #[allow(clippy::await_holding_lock)]
 async fn the_vm_is_charged_to_the_pod_and_held_to_its_memory_limit() {
     let _serial = serial();
-    let rt = HullRuntime::start_with_config(
-        NS,
-        true,
-        "enable_annotations = [\"io.hull.memory_mib\"]\n",
-    );
+    let rt =
+        HullRuntime::start_with_config(NS, true, "enable_annotations = [\"io.hull.memory_mib\"]\n");
     let name = unique_id("hulltest");
     let parent = ParentCgroup::create(&name, LIMIT);
     let mut spec = rt.pod_spec("accounting");
@@ -321,7 +319,10 @@ async fn the_vm_is_charged_to_the_pod_and_held_to_its_memory_limit() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     if let Some(peak) = parent.peak() {
-        assert!(peak <= LIMIT, "the pod's usage peaked at {peak}, past {LIMIT}");
+        assert!(
+            peak <= LIMIT,
+            "the pod's usage peaked at {peak}, past {LIMIT}"
+        );
         most = most.max(peak);
     }
     let oom_kills = parent.oom_kills();
@@ -375,7 +376,8 @@ async fn a_bad_cgroup_parent_fails_the_pod_naming_the_field() {
         .await
         .expect_err("a pod with a relative cgroups path");
     assert!(
-        err.message().contains("linux.cgroupsPath: \"relative/parent/"),
+        err.message()
+            .contains("linux.cgroupsPath: \"relative/parent/"),
         "{err:?}"
     );
     let left = rt.leftovers(Duration::from_secs(20));

@@ -83,7 +83,9 @@ impl Hierarchy {
                 listed.is_empty()
             } else {
                 listed.len() == self.controllers.len()
-                    && listed.iter().all(|c| self.controllers.iter().any(|own| own == c))
+                    && listed
+                        .iter()
+                        .all(|c| self.controllers.iter().any(|own| own == c))
             };
             same.then(|| self.root.join(path.trim_start_matches('/')))
         })
@@ -140,8 +142,10 @@ pub fn hierarchies(mountinfo: &str) -> Vec<Hierarchy> {
 
 /// This host's hierarchies, as [`hierarchies`] picks them.
 pub fn host_hierarchies() -> Result<Vec<Hierarchy>, CgroupError> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(CgroupError::io(Path::new("/proc/self/mountinfo"), "reading"))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::io(
+        Path::new("/proc/self/mountinfo"),
+        "reading",
+    ))?;
     let found = hierarchies(&mountinfo);
     if found.is_empty() {
         return Err(CgroupError::NoHierarchy);

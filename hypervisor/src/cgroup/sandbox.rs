@@ -37,10 +37,7 @@ impl SandboxCgroup {
     /// The sandbox's cgroup at `relative` (see [`super::resolve`]) in each
     /// of `hierarchies`; nothing is created yet.
     pub fn new(hierarchies: Vec<Hierarchy>, relative: &Path) -> Self {
-        let leaves: Vec<PathBuf> = hierarchies
-            .iter()
-            .map(|h| h.root.join(relative))
-            .collect();
+        let leaves: Vec<PathBuf> = hierarchies.iter().map(|h| h.root.join(relative)).collect();
         let mut parents: Vec<PathBuf> = leaves
             .iter()
             .zip(&hierarchies)
