@@ -115,18 +115,28 @@ impl ParentCgroup {
         self.memory.join(file).exists().then(|| self.read(file))
     }
 
-    /// How many processes the kernel's OOM killer took in it.
+    /// How many processes the kernel's OOM killer took in it. v2 counts
+    /// the whole subtree in `memory.events`; v1 counts a kill in the
+    /// victim's own cgroup (the sandbox's, below), so those are added.
     fn oom_kills(&self) -> u64 {
-        let file = if self.v2 {
-            "memory.events"
-        } else {
-            "memory.oom_control"
+        let count = |dir: &Path, file: &str| -> u64 {
+            std::fs::read_to_string(dir.join(file))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|line| line.strip_prefix("oom_kill ")?.trim().parse().ok())
+                .unwrap_or(0)
         };
-        std::fs::read_to_string(self.memory.join(file))
-            .expect(file)
-            .lines()
-            .find_map(|line| line.strip_prefix("oom_kill ")?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no oom_kill in {file}"))
+        if self.v2 {
+            return count(&self.memory, "memory.events");
+        }
+        let below: u64 = std::fs::read_dir(&self.memory)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| entry.path().is_dir())
+            .map(|entry| count(&entry.path(), "memory.oom_control"))
+            .sum();
+        count(&self.memory, "memory.oom_control") + below
     }
 
     /// Directories below it: the sandbox's cgroup while the pod runs.
