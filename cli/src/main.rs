@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use hull_shim::config::Config;
+use hull_config::Config;
 
 #[derive(Debug, Parser)]
 #[command(name = "hull", version = hull_cli::version(), about = "Hull: VM-isolated containers")]

@@ -10,10 +10,12 @@
 //! host's KVM can do.
 
 pub mod backend;
+pub mod cgroup;
 pub mod console;
 pub mod error;
 pub mod host;
 pub mod hull;
+pub mod leftovers;
 pub mod net;
 pub mod process;
 pub mod qemu;

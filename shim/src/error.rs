@@ -29,6 +29,10 @@ pub enum ShimError {
     #[error("pod network: {0}")]
     Network(#[from] crate::network::NetworkError),
 
+    /// The sandbox's cgroup on the host (see [`crate::cgroup`]).
+    #[error(transparent)]
+    Cgroup(#[from] hull_hypervisor::cgroup::CgroupError),
+
     /// The agent in the guest answered with an error.
     #[error("agent: {0}")]
     Agent(#[from] tonic::Status),
@@ -84,6 +88,10 @@ impl ShimError {
             },
             Self::VmGone(_) => Code::UNAVAILABLE,
             Self::AgentTimeout { .. } => Code::DEADLINE_EXCEEDED,
+            Self::Cgroup(hull_hypervisor::cgroup::CgroupError::BadPath { .. }) => {
+                Code::INVALID_ARGUMENT
+            }
+            Self::Cgroup(_) => Code::INTERNAL,
             Self::Vm(hull_hypervisor::VmError::Config { .. }) => Code::INVALID_ARGUMENT,
             Self::Vm(_) | Self::Network(_) | Self::Io { .. } => Code::INTERNAL,
         }

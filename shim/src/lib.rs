@@ -13,6 +13,7 @@
 //! devices through taps mirrored with tc ([`network`]).
 
 pub mod agent;
+pub mod cgroup;
 pub mod config;
 pub mod crash;
 pub mod error;

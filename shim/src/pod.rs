@@ -12,6 +12,7 @@ use hull_proto::v1::AGENT_VSOCK_PORT;
 use tokio::sync::watch;
 
 use crate::agent::{self, Agent};
+use crate::cgroup::PodCgroup;
 use crate::config::Config;
 use crate::error::{Result, ShimError};
 use crate::mounts::{GUEST_SHARED_DIR, SharedDir, unmount_below};
@@ -37,6 +38,9 @@ pub struct PodSpec {
     pub hostname: String,
     /// The pod's network namespace, where CNI set up its interfaces.
     pub netns: Option<PathBuf>,
+    /// The sandbox spec's `linux.cgroupsPath`: the VM and the shim run in
+    /// that cgroup (see [`crate::cgroup`]); none leaves them where they are.
+    pub cgroups_path: Option<String>,
 }
 
 /// What the guest gets of the pod's network.
@@ -71,6 +75,8 @@ pub struct Pod {
     /// The config's `default_pids_limit`, for every container of the pod
     /// (the config is read once, when the pod starts).
     pub default_pids_limit: u32,
+    /// Left and removed once the VM is stopped.
+    cgroup: Option<PodCgroup>,
     // Dropped after the VM: virtiofsd holds it.
     shared: SharedDir,
 }
@@ -88,6 +94,14 @@ impl Pod {
         let shim_pid = layout.shim_pid();
         std::fs::write(&shim_pid, std::process::id().to_string())
             .map_err(ShimError::io(format!("writing {}", shim_pid.display())))?;
+        // First, so that everything the pod makes the host do from here on
+        // is charged to it. Dropped (left and removed) on failure, before
+        // the guard removes the directory.
+        let cgroup = spec
+            .cgroups_path
+            .as_deref()
+            .map(|path| PodCgroup::enter(path, &dir))
+            .transpose()?;
         let shared = SharedDir::create(&layout)?;
         let attached = match &spec.netns {
             Some(netns) => {
@@ -105,8 +119,9 @@ impl Pod {
             None => None,
         };
         match Self::boot(config, spec, dir.clone(), shared, attached).await {
-            Ok(pod) => {
+            Ok(mut pod) => {
                 std::mem::forget(guard);
+                pod.cgroup = cgroup;
                 Ok(pod)
             }
             Err((err, network)) => {
@@ -160,6 +175,7 @@ impl Pod {
                 watcher,
                 network,
                 default_pids_limit: config.default_pids_limit,
+                cgroup: None,
                 shared,
             }),
             Err(err) => Err((err, network)),
@@ -202,6 +218,12 @@ impl Pod {
         let vm = tokio::task::spawn_blocking(move || -> Result<Vm> {
             let mut vm = backend.start(&vm_config)?;
             record_pids(&pids_file, &vm)?;
+            for (name, pid) in vm.pids() {
+                // The pod's cgroup full: the VM goes, not its shim.
+                if let Err(err) = hull_hypervisor::cgroup::oom_victim_before_self(pid) {
+                    tracing::warn!(%err, name, pid, "raising the OOM score");
+                }
+            }
             vm.wait_for_agent(AGENT_VSOCK_PORT, BOOT_TIMEOUT)?;
             tracing::info!(timeline = %vm.timeline(), "the pod's VM is up");
             Ok(vm)
@@ -319,11 +341,17 @@ impl Pod {
             dir,
             shared,
             network,
+            cgroup,
             ..
         } = self;
         if let Some(network) = network {
             // The taps went with the VMM; the CNI side's filters go now.
             tokio::task::spawn_blocking(move || network.detach())
+                .await
+                .unwrap_or_default();
+        }
+        if let Some(cgroup) = cgroup {
+            tokio::task::spawn_blocking(move || cgroup.release())
                 .await
                 .unwrap_or_default();
         }
@@ -447,12 +475,7 @@ const KERNEL_PANIC: &str = "Kernel panic - not syncing";
 const PANIC_CONTEXT_LINES: usize = 5;
 
 fn record_pids(path: &Path, vm: &Vm) -> Result<()> {
-    let text: String = vm
-        .pids()
-        .iter()
-        .map(|(name, pid)| format!("{name} {pid}\n"))
-        .collect();
-    std::fs::write(path, text).map_err(ShimError::io(format!("writing {}", path.display())))
+    Ok(hull_hypervisor::leftovers::write_pids_file(path, vm)?)
 }
 
 /// Removes a pod directory after unmounting whatever is still mounted in it.

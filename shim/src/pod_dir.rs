@@ -26,6 +26,8 @@ const SHIM_PID_FILE: &str = "shim.pid";
 const PIDS_FILE: &str = "pids";
 /// The path of the pod's network namespace, when it has one.
 const NETNS_FILE: &str = "netns";
+/// The sandbox cgroup's directories, when the pod has one.
+const CGROUP_FILE: &str = "cgroup";
 const CONSOLE_LOG: &str = "console.log";
 const VM_DIR: &str = "vm";
 const HOST_ONLY_DIR: &str = "rw";
@@ -62,6 +64,10 @@ impl PodDir {
 
     pub fn netns(&self) -> PathBuf {
         self.root.join(NETNS_FILE)
+    }
+
+    pub fn cgroup(&self) -> PathBuf {
+        self.root.join(CGROUP_FILE)
     }
 
     pub fn console_log(&self) -> PathBuf {

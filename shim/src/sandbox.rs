@@ -96,6 +96,7 @@ impl PodBooter for VmBooter {
                 memory_mib,
                 hostname,
                 netns: crate::spec::network_namespace(spec),
+                cgroups_path: crate::spec::cgroups_path(spec)?,
             },
         )
         .await?;

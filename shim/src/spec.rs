@@ -49,6 +49,23 @@ pub fn annotations(spec: &Value) -> std::collections::HashMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The spec's `linux.cgroupsPath`, unless empty: where the sandbox's VM
+/// is charged (see [`crate::cgroup`]).
+pub fn cgroups_path(spec: &Value) -> Result<Option<String>> {
+    let Some(value) = spec.get("linux").and_then(|linux| linux.get("cgroupsPath")) else {
+        return Ok(None);
+    };
+    match value {
+        Value::Null => Ok(None),
+        Value::String(path) if path.is_empty() => Ok(None),
+        Value::String(path) => Ok(Some(path.clone())),
+        other => Err(ShimError::invalid(
+            "linux.cgroupsPath",
+            format!("{other} is not a string"),
+        )),
+    }
+}
+
 /// The network namespace the spec joins, if it names one: CRI's pod
 /// namespace, where CNI set up the pod's interfaces. A spec that asks for a
 /// new namespace (plain `ctr`) or none (host network) has no such path.
@@ -183,6 +200,19 @@ pub fn limit_pids(spec: &mut Value, default: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cgroups_path_is_read_and_a_bad_one_named() {
+        let path = |linux: Value| cgroups_path(&json!({ "linux": linux }));
+        assert_eq!(
+            path(json!({"cgroupsPath": "/kubepods/pod1/abc"})).unwrap(),
+            Some("/kubepods/pod1/abc".to_owned())
+        );
+        assert_eq!(path(json!({"cgroupsPath": ""})).unwrap(), None);
+        assert_eq!(path(json!({})).unwrap(), None);
+        let err = path(json!({"cgroupsPath": 7})).expect_err("a number");
+        assert!(err.to_string().starts_with("linux.cgroupsPath: "), "{err}");
+    }
 
     #[test]
     fn the_default_pids_limit_fills_in_only_what_the_spec_leaves_out() {

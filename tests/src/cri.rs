@@ -33,6 +33,13 @@ pub struct PodSpec {
     pub host_pid: bool,
     /// Where container logs go; [`ContainerSpec::log_path`] is relative to it.
     pub log_directory: PathBuf,
+    /// The pod's cgroup parent, as the kubelet passes its pod cgroup
+    /// (cgroupfs form: `/kubepods/burstable/pod<uid>`); empty for
+    /// containerd's default.
+    pub cgroup_parent: String,
+    /// The pod's annotations (the runtime's `pod_annotations` lets them
+    /// through to the sandbox spec).
+    pub annotations: Vec<(String, String)>,
 }
 
 impl PodSpec {
@@ -47,6 +54,8 @@ impl PodSpec {
             host_network: true,
             host_pid: false,
             log_directory: log_directory.into(),
+            cgroup_parent: String::new(),
+            annotations: Vec::new(),
         }
     }
 
@@ -85,7 +94,9 @@ impl PodSpec {
                 self.name.clone()
             },
             log_directory: self.log_directory.display().to_string(),
+            annotations: self.annotations.iter().cloned().collect(),
             linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: self.cgroup_parent.clone(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
                     namespace_options: Some(self.namespace_options()),
                     ..Default::default()

@@ -296,7 +296,30 @@ fn an_agent_policy_file_denies_exec_and_a_bad_one_is_named() {
 #[test]
 fn bad_configuration_and_annotations_are_named() {
     let _serial = serial();
-    let rt = HullRuntime::start(NS, false);
+    let rt = HullRuntime::start_with_config(
+        NS,
+        false,
+        "enable_annotations = [\"io.hull.vcpus\", \"io.hull.memory_mib\"]\n",
+    );
+    // Annotations are refused, named, where the config does not enable
+    // them (an empty config file: every default).
+    let defaults = rt.config_path.with_file_name("defaults.toml");
+    std::fs::write(&defaults, "").expect("empty config");
+    let output = rt.run(&[
+        "--rm",
+        "--runtime-config-path",
+        defaults.to_str().expect("utf-8"),
+        "--annotation",
+        "io.hull.memory_mib=16384",
+        BUSYBOX_IMAGE,
+        &unique_id("a"),
+        "true",
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("io.hull.memory_mib: is not enabled"),
+        "{output:?}"
+    );
     // An annotation beyond the limits.
     let output = rt.run(&[
         "--rm",

@@ -9,9 +9,9 @@ pub use render::render;
 
 use std::path::{Path, PathBuf};
 
+use hull_config::Config;
 use hull_hypervisor::host::KvmFacts;
 use hull_hypervisor::{Backend, BackendKind};
-use hull_shim::config::Config;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]

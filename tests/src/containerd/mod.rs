@@ -285,6 +285,8 @@ disabled_plugins = [
 
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{hull}]
   runtime_type = "{hull_runtime}"
+  # As deploy/containerd/ does: the shim decides which it honours.
+  pod_annotations = ["io.hull.*"]
 
 [plugins."io.containerd.grpc.v1.cri".cni]
   bin_dir = {cni_bin}

@@ -401,12 +401,12 @@ fn containerd_reads_the_v2_snippet() {
 }
 
 /// The options of the shim's config file, from `struct File` in
-/// shim/src/config.rs, so that a new option cannot miss the docs.
+/// config/src/lib.rs, so that a new option cannot miss the docs.
 fn config_file_options() -> Vec<String> {
-    let source = read(&repo().join("shim/src/config.rs"));
+    let source = read(&repo().join("config/src/lib.rs"));
     let body = source
         .split_once("struct File {")
-        .expect("struct File in shim/src/config.rs")
+        .expect("struct File in config/src/lib.rs")
         .1
         .split_once('}')
         .expect("end of struct File")
