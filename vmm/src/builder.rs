@@ -15,7 +15,7 @@ use crate::devices::Bus;
 use crate::devices::bus::Overlap;
 use crate::devices::legacy::i8042::{I8042_PORT, I8042_PORTS};
 use crate::devices::legacy::serial::{COM1_PORT, COM1_PORTS};
-use crate::devices::legacy::{I8042, SerialDevice};
+use crate::devices::legacy::{ConsoleLog, I8042, SerialDevice};
 use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{MMIO_LEN, MmioTransport};
 use crate::devices::virtio::net::{Net, NetConfig, NetError};
@@ -217,6 +217,7 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
     let mut pio = Bus::default();
     let mut mmio = Bus::default();
     let console = File::create(&config.console_log)
+        .and_then(ConsoleLog::new)
         .map_err(io(format!("console_log {}", config.console_log.display())))?;
     let serial = SerialDevice::new(interrupt_line(SERIAL_IRQ)?, Box::new(console));
     pio.insert(
