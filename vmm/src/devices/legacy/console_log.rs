@@ -5,7 +5,8 @@
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 
-/// The most bytes a console log file holds.
+/// The most bytes a console log file holds, unless the VMM's config
+/// says otherwise.
 pub const CONSOLE_LOG_CAP: u64 = 1024 * 1024;
 /// Written at the start of the file each time it wraps: what follows it is
 /// the newest output, and the bytes after the newest are older.
@@ -24,10 +25,6 @@ pub struct ConsoleLog {
 }
 
 impl ConsoleLog {
-    pub fn new(file: File) -> std::io::Result<Self> {
-        Self::with_cap(file, CONSOLE_LOG_CAP)
-    }
-
     /// A log wrapping at `cap` bytes (at least the marker's length plus
     /// one) if `file` is a regular file.
     pub fn with_cap(file: File, cap: u64) -> std::io::Result<Self> {
