@@ -4,6 +4,18 @@
 
 use crate::timeline::Timeline;
 
+/// The most bytes of a helper's own log an error carries.
+pub const HELPER_LOG_TAIL: usize = 1024;
+
+/// The helper's log after the console in an error's text, if it has one.
+fn log_section(name: &str, log: &str) -> String {
+    if log.trim().is_empty() {
+        String::new()
+    } else {
+        format!("\n[{name} log]\n{log}")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     #[error("{field}: {reason}")]
@@ -20,7 +32,8 @@ pub enum VmError {
     },
 
     #[error(
-        "{name} (pid {pid}) {status} during boot; timeline: {timeline}; last console lines:\n{console}"
+        "{name} (pid {pid}) {status} during boot; timeline: {timeline}; last console lines:\n{console}{}",
+        log_section(.name, .helper_log)
     )]
     HelperExited {
         name: &'static str,
@@ -28,7 +41,12 @@ pub enum VmError {
         /// How it ended, as [`crate::process::describe_exit`] words it.
         status: String,
         timeline: Box<Timeline>,
+        /// The guest's last console lines, bounded (see
+        /// [`crate::console::Limits`]).
         console: String,
+        /// The end of the exited process's own log (its stderr), bounded
+        /// to [`HELPER_LOG_TAIL`] bytes; empty if it logged nothing.
+        helper_log: String,
     },
 
     #[error(

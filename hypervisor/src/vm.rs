@@ -222,18 +222,19 @@ impl Vm {
             // guest's last words (a kernel panic) are in the tail.
             self.console.finish();
         }
-        let log = std::fs::read_to_string(self.work_dir.path().join(format!("{name}.log")))
-            .unwrap_or_default();
-        let mut console = self.console.tail();
-        if !log.trim().is_empty() {
-            console.push_str(&format!("\n[{name} log]\n{}", log.trim_end()));
-        }
+        // The helper's log is written by the helper, which does what the
+        // guest asks of it: only its end is read.
+        let helper_log = crate::console::log_tail(
+            &self.work_dir.path().join(format!("{name}.log")),
+            crate::error::HELPER_LOG_TAIL,
+        );
         Err(VmError::HelperExited {
             name,
             pid,
             status: crate::process::describe_exit(status),
             timeline: Box::new(self.timeline()),
-            console,
+            console: self.console.tail(),
+            helper_log,
         })
     }
 

@@ -50,6 +50,16 @@ pub(crate) fn wait_for_socket(helper: &mut Helper, socket: &Path) -> Result<(), 
                 status: crate::process::describe_exit(status),
                 timeline: Box::new(Timeline::new(Instant::now())),
                 console: String::new(),
+                // Helpers log to `<name>.log` beside their sockets.
+                helper_log: socket
+                    .parent()
+                    .map(|dir| {
+                        crate::console::log_tail(
+                            &dir.join(format!("{}.log", helper.name)),
+                            crate::error::HELPER_LOG_TAIL,
+                        )
+                    })
+                    .unwrap_or_default(),
             });
         }
         if Instant::now() >= deadline {

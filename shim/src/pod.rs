@@ -440,11 +440,9 @@ fn describe_exit(err: &hull_hypervisor::VmError) -> String {
             ..
         } => {
             let process = format!("{name} (pid {pid}) {status}");
-            let lines: Vec<&str> = console
-                .lines()
-                // The helper's own log follows the console.
-                .take_while(|line| !(line.starts_with('[') && line.ends_with(" log]")))
-                .collect();
+            // The helper's own log is a field of its own, left out here:
+            // the console says what the guest did last.
+            let lines: Vec<&str> = console.lines().collect();
             match lines.iter().rposition(|line| line.contains(KERNEL_PANIC)) {
                 Some(at) => {
                     let panic = lines[at];
@@ -515,13 +513,14 @@ mod tests {
             status: "exited with status 0".into(),
             timeline: Box::new(hull_hypervisor::Timeline::new(std::time::Instant::now())),
             console: console.into(),
+            helper_log: "qemu: terminating".into(),
         })
     }
 
     #[test]
     fn a_dead_process_is_named_with_its_last_console_line() {
         assert_eq!(
-            exited("booting\nagent up\n\n[qemu log]\nqemu: terminating"),
+            exited("booting\nagent up\n"),
             "qemu (pid 42) exited with status 0; last console line: agent up"
         );
     }
@@ -534,8 +533,6 @@ mod tests {
                 "[    3.1] Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b"
                     .to_owned(),
                 "[    3.1] Call Trace:".to_owned(),
-                "[virtiofsd log]".to_owned(),
-                "virtiofsd: client disconnected".to_owned(),
             ])
             .collect::<Vec<_>>()
             .join("\n");

@@ -15,7 +15,7 @@ use crate::devices::Bus;
 use crate::devices::bus::Overlap;
 use crate::devices::legacy::i8042::{I8042_PORT, I8042_PORTS};
 use crate::devices::legacy::serial::{COM1_PORT, COM1_PORTS};
-use crate::devices::legacy::{I8042, SerialDevice};
+use crate::devices::legacy::{ConsoleLog, I8042, SerialDevice};
 use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{MMIO_LEN, MmioTransport};
 use crate::devices::virtio::net::{Net, NetConfig, NetError};
@@ -63,6 +63,9 @@ pub struct VmmConfig {
     pub boot: Boot,
     /// The serial console is written here.
     pub console_log: PathBuf,
+    /// When `console_log` is a regular file, the most bytes it holds: a
+    /// ring past that (see [`crate::devices::legacy::ConsoleLog`]).
+    pub console_log_cap: u64,
     /// A virtio-vsock device with a hybrid (Unix socket) back end.
     pub vsock: Option<VsockConfig>,
     /// A virtio-fs device served by a vhost-user back end (virtiofsd).
@@ -96,6 +99,7 @@ impl VmmConfig {
             vcpus: 1,
             boot,
             console_log,
+            console_log_cap: crate::devices::legacy::console_log::CONSOLE_LOG_CAP,
             vsock: None,
             fs: None,
             net: Vec::new(),
@@ -217,6 +221,7 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
     let mut pio = Bus::default();
     let mut mmio = Bus::default();
     let console = File::create(&config.console_log)
+        .and_then(|file| ConsoleLog::with_cap(file, config.console_log_cap))
         .map_err(io(format!("console_log {}", config.console_log.display())))?;
     let serial = SerialDevice::new(interrupt_line(SERIAL_IRQ)?, Box::new(console));
     pio.insert(

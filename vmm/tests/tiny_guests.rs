@@ -399,3 +399,67 @@ fn virtio_vsock_round_trips_through_real_virtqueues() {
     assert_eq!(host.read_to_end(&mut rest).expect("EOF"), 0);
     assert!(!uds.exists(), "the vsock socket outlived the VM");
 }
+
+/// The test process's resident memory (the VMM runs in it), in bytes.
+fn resident() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .expect("resident pages")
+        .parse()
+        .expect("a number");
+    pages * 4096
+}
+
+/// A guest that floods its serial console for a minute, with and without
+/// newlines, leaves the console log under its cap (a ring once it is
+/// full) and the VMM's memory where it was. The guest prints one byte per
+/// VM exit, some tens of KiB a second here, so the cap is set below the
+/// default 1 MiB for the ring to wrap within the minute.
+#[test]
+fn a_console_flood_leaves_the_console_log_and_memory_bounded() {
+    const FLOOD: Duration = Duration::from_secs(60);
+    const LOG_CAP: u64 = 64 * 1024;
+    const MIB: u64 = 1024 * 1024;
+    let dir = tempfile::tempdir().expect("dir");
+    let image = assemble("flood", dir.path());
+    let console_log = dir.path().join("console.log");
+    let socket = dir.path().join("api.sock");
+    let mut config = real_mode(image, console_log.clone());
+    config.api_socket = Some(socket.clone());
+    config.console_log_cap = LOG_CAP;
+    let vmm = std::thread::spawn(move || hull_vmm::run(&config));
+    control(&socket, Request::State);
+    wait_for_output(&console_log, 0);
+    // Past the start-up allocations of this and the other tests.
+    std::thread::sleep(Duration::from_secs(5));
+    let settled = resident();
+    let (mut largest_log, mut most_resident) = (0, settled);
+    let started = Instant::now();
+    while started.elapsed() < FLOOD {
+        std::thread::sleep(Duration::from_millis(500));
+        largest_log = largest_log.max(console_len(&console_log));
+        most_resident = most_resident.max(resident());
+    }
+    control(&socket, Request::Stop);
+    assert_eq!(
+        vmm.join().expect("thread").expect("run"),
+        VcpuExitReason::Stopped
+    );
+    let log = std::fs::read(&console_log).expect("console log");
+    assert!(
+        largest_log <= LOG_CAP,
+        "the console log reached {largest_log} bytes"
+    );
+    assert!(
+        log.starts_with(b"[console log wrapped"),
+        "the flood did not fill the log, or the log does not say it wrapped: {:?}",
+        String::from_utf8_lossy(&log[..log.len().min(80)])
+    );
+    assert!(
+        most_resident - settled < 32 * MIB,
+        "the VMM's process grew by {} MiB",
+        (most_resident - settled) / MIB
+    );
+}

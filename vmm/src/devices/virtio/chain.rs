@@ -3,10 +3,18 @@
 //! sharing one with the payload) check the chain once, when they pop it,
 //! and then read or write it by offset without caring where the descriptor
 //! boundaries fall.
+//!
+//! The walk is the device's own rather than `virtio-queue`'s chain
+//! iterator, because that iterator follows indirect tables of up to 65,535
+//! entries whether or not the feature was negotiated, and hides from its
+//! caller that it did. No device here offers `VIRTIO_RING_F_INDIRECT_DESC`,
+//! so an indirect descriptor is a hostile or broken driver: it is refused,
+//! and a chain is never longer than the queue it came from. Each
+//! descriptor is read from guest memory exactly once, so a driver that
+//! rewrites the table while it is walked cannot get past these checks.
 
-use std::ops::Deref;
-
-use virtio_queue::DescriptorChain;
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use crate::memory::GuestMemory;
@@ -19,7 +27,18 @@ pub enum ChainError {
     WrongDirection { head: u16 },
     #[error("a buffer at {addr:#x}+{len:#x} is outside guest memory")]
     OutsideMemory { addr: u64, len: u32 },
+    #[error("chain {head} uses an indirect descriptor table, which was not negotiated")]
+    Indirect { head: u16 },
+    #[error("chain {head} links to descriptor {index}, beyond the queue's {size}")]
+    BadIndex { head: u16, index: u16, size: u16 },
+    #[error("chain {head} is longer than the queue's {size} descriptors (a loop)")]
+    TooLong { head: u16, size: u16 },
+    #[error("the descriptor table of queue size {size} is outside guest memory")]
+    TableOutsideMemory { size: u16 },
 }
+
+/// Bytes of one split-ring descriptor.
+const DESCRIPTOR_LEN: u64 = 16;
 
 /// One descriptor's buffer, already checked to lie inside guest memory.
 #[derive(Debug, Clone, Copy)]
@@ -37,23 +56,39 @@ pub struct Segments {
 }
 
 impl Segments {
-    /// Walks the chain: every descriptor device-writable (`device_writable`)
-    /// or every one device-readable, and inside guest memory. A mixed chain
-    /// is refused rather than split, since none of the devices here has a
-    /// request that both reads and writes.
-    pub fn collect<M>(
+    /// Walks the chain that starts at `head` in `queue`'s descriptor
+    /// table: every descriptor device-writable (`device_writable`) or every
+    /// one device-readable, inside guest memory, none indirect, and at most
+    /// the queue's size of them. A mixed chain is refused rather than
+    /// split, since none of the devices here has a request that both reads
+    /// and writes.
+    pub fn collect(
         memory: &GuestMemory,
-        chain: DescriptorChain<M>,
+        queue: &Queue,
+        head: u16,
         device_writable: bool,
-    ) -> Result<Self, ChainError>
-    where
-        M: Clone + Deref,
-        M::Target: vm_memory::GuestMemory,
-    {
-        let head = chain.head_index();
+    ) -> Result<Self, ChainError> {
+        let table = GuestAddress(queue.desc_table());
+        let size = queue.size();
         let mut list = Vec::new();
         let mut total = 0usize;
-        for descriptor in chain {
+        let mut index = head;
+        loop {
+            if list.len() == usize::from(size) {
+                return Err(ChainError::TooLong { head, size });
+            }
+            if index >= size {
+                return Err(ChainError::BadIndex { head, index, size });
+            }
+            let at = table
+                .checked_add(u64::from(index) * DESCRIPTOR_LEN)
+                .ok_or(ChainError::TableOutsideMemory { size })?;
+            let descriptor: Descriptor = memory
+                .read_obj(at)
+                .map_err(|_| ChainError::TableOutsideMemory { size })?;
+            if descriptor.refers_to_indirect_table() {
+                return Err(ChainError::Indirect { head });
+            }
             if descriptor.is_write_only() != device_writable {
                 return Err(ChainError::WrongDirection { head });
             }
@@ -66,6 +101,10 @@ impl Segments {
             }
             total = total.saturating_add(len);
             list.push(Segment { addr, len });
+            if !descriptor.has_next() {
+                break;
+            }
+            index = descriptor.next();
         }
         Ok(Self { head, list, total })
     }

@@ -15,9 +15,11 @@ use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::memory::GuestMemory;
 
 /// Small, so that tests wrap the rings soon.
-const QUEUE: u16 = 16;
-const NEXT: u16 = 1;
-const WRITE: u16 = 2;
+pub const QUEUE: u16 = 16;
+/// Descriptor flags.
+pub const NEXT: u16 = 1;
+pub const WRITE: u16 = 2;
+pub const INDIRECT: u16 = 4;
 /// How long a device thread gets for anything a test waits on.
 pub const WAIT: Duration = Duration::from_secs(5);
 
@@ -134,29 +136,35 @@ impl Driver {
         if index == 0 { &self.rx } else { &self.tx }
     }
 
-    /// Writes a chain of descriptors (address, length, device-writable) and
-    /// offers it; returns its head.
-    pub fn offer(&mut self, queue: u32, parts: &[(u64, u32, bool)]) -> u16 {
+    /// Writes descriptor `desc` of a queue's table as given.
+    pub fn write_descriptor(
+        &self,
+        queue: u32,
+        desc: u16,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) {
+        let at = self.ring_ref(queue).desc + u64::from(desc) * 16;
+        self.memory.write_obj(addr, GuestAddress(at)).expect("addr");
+        self.memory
+            .write_obj(len, GuestAddress(at + 8))
+            .expect("len");
+        self.memory
+            .write_obj(flags, GuestAddress(at + 12))
+            .expect("flags");
+        self.memory
+            .write_obj(next, GuestAddress(at + 14))
+            .expect("next");
+    }
+
+    /// Puts `head` on the available ring and kicks the device, whether or
+    /// not the device still holds it: an honest driver offers a head once
+    /// per use, a hostile one as often as it likes.
+    pub fn make_available(&mut self, queue: u32, head: u16) {
         let memory = self.memory.clone();
         let ring = self.ring(queue);
-        let head = ring.next_desc;
-        for (i, &(addr, len, writable)) in parts.iter().enumerate() {
-            let desc = (head + i as u16) % QUEUE;
-            let mut flags = if writable { WRITE } else { 0 };
-            if i + 1 < parts.len() {
-                flags |= NEXT;
-            }
-            let at = ring.desc + u64::from(desc) * 16;
-            memory.write_obj(addr, GuestAddress(at)).expect("addr");
-            memory.write_obj(len, GuestAddress(at + 8)).expect("len");
-            memory
-                .write_obj(flags, GuestAddress(at + 12))
-                .expect("flags");
-            memory
-                .write_obj((desc + 1) % QUEUE, GuestAddress(at + 14))
-                .expect("next");
-        }
-        ring.next_desc = (head + parts.len() as u16) % QUEUE;
         let slot = u64::from(ring.avail_idx % QUEUE);
         memory
             .write_obj(head, GuestAddress(ring.avail + 4 + slot * 2))
@@ -166,6 +174,32 @@ impl Driver {
             .write_obj(ring.avail_idx, GuestAddress(ring.avail + 2))
             .expect("idx");
         reg(&mut self.transport, 0x050, queue);
+    }
+
+    /// Writes a chain of descriptors (address, length, device-writable) and
+    /// offers it; returns its head.
+    pub fn offer(&mut self, queue: u32, parts: &[(u64, u32, bool)]) -> u16 {
+        let head = self.ring_ref(queue).next_desc;
+        for (i, &(addr, len, writable)) in parts.iter().enumerate() {
+            let desc = (head + i as u16) % QUEUE;
+            let mut flags = if writable { WRITE } else { 0 };
+            if i + 1 < parts.len() {
+                flags |= NEXT;
+            }
+            self.write_descriptor(queue, desc, addr, len, flags, (desc + 1) % QUEUE);
+        }
+        self.ring(queue).next_desc = (head + parts.len() as u16) % QUEUE;
+        self.make_available(queue, head);
+        head
+    }
+
+    /// Offers one descriptor with the flags given (`INDIRECT`, say);
+    /// returns its head.
+    pub fn offer_raw(&mut self, queue: u32, addr: u64, len: u32, flags: u16) -> u16 {
+        let head = self.ring_ref(queue).next_desc;
+        self.write_descriptor(queue, head, addr, len, flags, 0);
+        self.ring(queue).next_desc = (head + 1) % QUEUE;
+        self.make_available(queue, head);
         head
     }
 

@@ -3,12 +3,10 @@
 //! or be split across several, so both directions treat the chain as one
 //! scattered byte range.
 
-use std::ops::Deref;
-
 use super::NetError;
 use crate::devices::virtio::chain::Segments;
 use crate::memory::GuestMemory;
-use virtio_queue::DescriptorChain;
+use virtio_queue::Queue;
 
 /// `struct virtio_net_hdr_v1`: the header every frame carries once
 /// VIRTIO_F_VERSION_1 is negotiated, with or without VIRTIO_NET_F_MRG_RXBUF.
@@ -44,16 +42,13 @@ pub fn needs_offload(header: &[u8]) -> bool {
 /// Reads the frame of one tx chain, behind its header, into `buf`: device-
 /// readable buffers only, inside guest memory, a whole header, and a frame
 /// from [`MIN_FRAME`] to [`MAX_FRAME`] bytes. Returns the chain's length.
-pub fn read_tx<M>(
+pub fn read_tx(
     memory: &GuestMemory,
-    chain: DescriptorChain<M>,
+    queue: &Queue,
+    head: u16,
     buf: &mut [u8; SCRATCH_LEN],
-) -> Result<usize, NetError>
-where
-    M: Clone + Deref,
-    M::Target: vm_memory::GuestMemory,
-{
-    let segments = Segments::collect(memory, chain, false)?;
+) -> Result<usize, NetError> {
+    let segments = Segments::collect(memory, queue, head, false)?;
     let Some(frame) = segments.total().checked_sub(HEADER_LEN) else {
         return Err(NetError::HeaderTooShort(segments.total()));
     };
@@ -80,16 +75,13 @@ impl RxBuffer {
     /// `min_len` bytes (a header and a frame of the MTU). The driver must
     /// post buffers that large, and a smaller one accepted would sit at the
     /// head of the queue with every frame too long for it.
-    pub fn new<M>(
+    pub fn new(
         memory: &GuestMemory,
-        chain: DescriptorChain<M>,
+        queue: &Queue,
+        head: u16,
         min_len: usize,
-    ) -> Result<Self, NetError>
-    where
-        M: Clone + Deref,
-        M::Target: vm_memory::GuestMemory,
-    {
-        let segments = Segments::collect(memory, chain, true)?;
+    ) -> Result<Self, NetError> {
+        let segments = Segments::collect(memory, queue, head, true)?;
         if segments.total() < HEADER_LEN {
             return Err(NetError::HeaderTooShort(segments.total()));
         }

@@ -163,7 +163,7 @@ impl Worker {
                 break;
             };
             let head = chain.head_index();
-            match frame::read_tx(&self.memory, chain, &mut self.scratch) {
+            match frame::read_tx(&self.memory, &self.tx, head, &mut self.scratch) {
                 Ok(len) => {
                     // Nothing was negotiated that the header could ask the
                     // tap for, so it goes out plain whatever the guest put.
@@ -192,7 +192,7 @@ impl Worker {
         while self.rx.ready() {
             let chain = self.rx.pop_descriptor_chain(&self.memory)?;
             let head = chain.head_index();
-            match RxBuffer::new(&self.memory, chain, self.min_rx_buffer) {
+            match RxBuffer::new(&self.memory, &self.rx, head, self.min_rx_buffer) {
                 Ok(buffer) => return Some(buffer),
                 Err(err) => {
                     self.log_bad_chain("rx", &err);

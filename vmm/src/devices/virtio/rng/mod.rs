@@ -4,8 +4,9 @@ use std::fs::File;
 use std::io::Read;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::Bytes;
 
+use crate::devices::bus::RateLimit;
+use crate::devices::virtio::chain::Segments;
 use crate::devices::virtio::{Activation, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
 use crate::memory::GuestMemory;
 
@@ -19,6 +20,7 @@ const MAX_BYTES_PER_BUFFER: u32 = 64 * 1024;
 pub struct Rng {
     source: File,
     active: Option<(GuestMemory, Queue, Interrupt)>,
+    bad_input: RateLimit,
 }
 
 impl Rng {
@@ -26,6 +28,7 @@ impl Rng {
         Ok(Self {
             source: File::open("/dev/urandom")?,
             active: None,
+            bad_input: RateLimit::default(),
         })
     }
 
@@ -36,26 +39,25 @@ impl Rng {
         let mut used_any = false;
         while let Some(chain) = queue.pop_descriptor_chain(&*memory) {
             let head = chain.head_index();
-            let mut written = 0u32;
-            for descriptor in chain {
-                // Only device-writable buffers can take entropy; a chain
-                // that points outside guest memory gets nothing.
-                if !descriptor.is_write_only() {
-                    continue;
+            // The device's own walk: device-writable buffers inside guest
+            // memory, no indirect table (never offered), no longer than
+            // the queue. Anything else gets nothing.
+            let written = match Segments::collect(memory, queue, head, true) {
+                Ok(segments) => {
+                    let len = segments.total().min(MAX_BYTES_PER_BUFFER as usize);
+                    let mut bytes = vec![0u8; len];
+                    match self.source.read_exact(&mut bytes) {
+                        Ok(()) if segments.write(memory, 0, &bytes).is_ok() => len as u32,
+                        _ => 0,
+                    }
                 }
-                let len = descriptor.len().min(MAX_BYTES_PER_BUFFER - written);
-                let mut bytes = vec![0u8; len as usize];
-                if self.source.read_exact(&mut bytes).is_err()
-                    || memory.write_slice(&bytes, descriptor.addr()).is_err()
-                {
-                    tracing::debug!("virtio-rng: a buffer outside guest memory");
-                    break;
+                Err(err) => {
+                    if self.bad_input.allow() {
+                        tracing::warn!(%err, "virtio-rng: a malformed descriptor chain");
+                    }
+                    0
                 }
-                written += len;
-                if written == MAX_BYTES_PER_BUFFER {
-                    break;
-                }
-            }
+            };
             if queue.add_used(&*memory, head, written).is_err() {
                 tracing::debug!("virtio-rng: cannot return a buffer");
             }
@@ -225,6 +227,32 @@ mod tests {
             entries.iter().any(|&(id, len)| id == 0 && len == 0),
             "the out-of-memory buffer got bytes: {entries:?}"
         );
+    }
+
+    #[test]
+    fn an_indirect_table_is_refused_since_it_was_never_offered() {
+        const INDIRECT: u16 = 4;
+        let (mut transport, memory) = driver_ready();
+        // A table of two writable buffers, at 0x7000.
+        for (i, addr) in [0x8000u64, 0x9000].into_iter().enumerate() {
+            let at = 0x7000 + i as u64 * 16;
+            memory.write_obj(addr, GuestAddress(at)).expect("addr");
+            memory.write_obj(64u32, GuestAddress(at + 8)).expect("len");
+            let flags = if i == 0 { WRITE | NEXT } else { WRITE };
+            memory
+                .write_obj(flags, GuestAddress(at + 12))
+                .expect("flags");
+            memory.write_obj(1u16, GuestAddress(at + 14)).expect("next");
+        }
+        descriptor(&memory, 0, 0x7000, 32, INDIRECT, 0);
+        offer(&memory, 0, 0);
+        reg(&mut transport, 0x050, 0);
+        assert_eq!(used(&memory), (1, vec![(0, 0)]));
+        let mut buffer = [0u8; 64];
+        memory
+            .read_slice(&mut buffer, GuestAddress(0x8000))
+            .expect("buffer");
+        assert_eq!(buffer, [0u8; 64], "the indirect table was followed");
     }
 
     #[test]

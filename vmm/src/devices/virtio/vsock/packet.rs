@@ -3,9 +3,7 @@
 //! one with the payload, so both directions work on the chain as one
 //! scattered byte range.
 
-use std::ops::Deref;
-
-use virtio_queue::DescriptorChain;
+use virtio_queue::Queue;
 
 use super::VsockError;
 use crate::devices::virtio::chain::Segments;
@@ -124,12 +122,8 @@ pub struct TxPacket {
 impl TxPacket {
     /// Reads and checks one tx chain: device-readable buffers only, inside
     /// guest memory, holding a whole header and the `len` bytes it claims.
-    pub fn read<M>(memory: &GuestMemory, chain: DescriptorChain<M>) -> Result<Self, VsockError>
-    where
-        M: Clone + Deref,
-        M::Target: vm_memory::GuestMemory,
-    {
-        let segments = Segments::collect(memory, chain, false)?;
+    pub fn read(memory: &GuestMemory, queue: &Queue, head: u16) -> Result<Self, VsockError> {
+        let segments = Segments::collect(memory, queue, head, false)?;
         if segments.total() < HEADER_LEN {
             return Err(VsockError::HeaderTooShort(segments.total()));
         }
@@ -157,12 +151,8 @@ pub struct RxBuffer {
 }
 
 impl RxBuffer {
-    pub fn new<M>(memory: &GuestMemory, chain: DescriptorChain<M>) -> Result<Self, VsockError>
-    where
-        M: Clone + Deref,
-        M::Target: vm_memory::GuestMemory,
-    {
-        let segments = Segments::collect(memory, chain, true)?;
+    pub fn new(memory: &GuestMemory, queue: &Queue, head: u16) -> Result<Self, VsockError> {
+        let segments = Segments::collect(memory, queue, head, true)?;
         if segments.total() < HEADER_LEN {
             return Err(VsockError::HeaderTooShort(segments.total()));
         }

@@ -14,7 +14,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::packet::{HEADER_LEN, Header, Op, SHUTDOWN_BOTH, TYPE_STREAM};
 use super::*;
 use crate::devices::BusDevice;
-use crate::devices::virtio::test_driver::{self, WAIT, read_reg, reg};
+use crate::devices::virtio::test_driver::{self, INDIRECT, NEXT, WAIT, WRITE, read_reg, reg};
 
 const CID: u64 = 3;
 
@@ -60,11 +60,16 @@ fn header(op: Op, src_port: u32, dst_port: u32) -> Header {
 impl Driver {
     /// A device on a fresh socket path, not yet activated.
     fn new() -> Self {
+        Self::with_memory(1)
+    }
+
+    /// The same, with `memory_mib` of guest memory.
+    fn with_memory(memory_mib: u32) -> Self {
         let dir = tempfile::tempdir().expect("dir");
         let uds = dir.path().join("vsock.sock");
         let device = Vsock::new(CID, &uds).expect("vsock");
         Self {
-            virtio: test_driver::Driver::new(Box::new(device), 1),
+            virtio: test_driver::Driver::new(Box::new(device), memory_mib),
             _dir: dir,
             uds,
         }
@@ -426,7 +431,14 @@ fn host_bytes_wait_for_guest_credit() {
 
 #[test]
 fn malformed_chains_are_rejected_and_the_device_keeps_serving() {
-    let mut driver = Driver::ready();
+    // An rx buffer the device could only read, first in line so that the
+    // first packet meets it.
+    let mut driver = Driver::new().activate();
+    let rx_scratch = driver.rx.buffer(15);
+    driver.offer(0, &[(rx_scratch, 4096, false)]);
+    for _ in 0..4 {
+        driver.post_rx(&[4096]);
+    }
     let listener = UnixListener::bind(driver.port_path(5003)).expect("listen");
     let scratch = driver.tx.buffer(15);
     // Outside the 1 MiB of guest memory.
@@ -456,9 +468,6 @@ fn malformed_chains_are_rejected_and_the_device_keeps_serving() {
     let mut datagram = header(Op::Request, 3, 5003);
     datagram.type_ = 2;
     driver.send(datagram, &[]);
-    // An rx buffer the device could only read.
-    let rx_scratch = driver.rx.buffer(15);
-    driver.offer(0, &[(rx_scratch, 4096, false)]);
     for _ in 0..7 {
         assert_eq!(driver.used(1).1, 0, "tx buffers are returned unwritten");
     }
@@ -553,4 +562,104 @@ fn reset_closes_every_connection() {
     assert!(read_to_eof(&mut client).is_empty());
     // The listener stays for the next driver.
     let _next = connect(&driver.uds);
+}
+
+const MIB: u64 = 1024 * 1024;
+/// Entries of the largest indirect table a driver can offer.
+const TABLE_ENTRIES: u32 = 65_535;
+/// Where the tests below put it, above the rings and buffers.
+const TABLE: u64 = 0x10_0000;
+
+/// The test process's resident memory, in bytes.
+fn resident() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .expect("resident pages")
+        .parse()
+        .expect("a number");
+    pages * 4096
+}
+
+/// Writes a 65,535-entry indirect table of one-byte writable buffers at
+/// [`TABLE`]: a device that follows it keeps a megabyte of bookkeeping for
+/// each chain that points to it.
+fn write_huge_table(driver: &Driver) {
+    let buffer = driver.rx.buffer(15);
+    let mut table = Vec::with_capacity(TABLE_ENTRIES as usize * 16);
+    for i in 0..TABLE_ENTRIES {
+        let flags = if i + 1 == TABLE_ENTRIES {
+            WRITE
+        } else {
+            WRITE | NEXT
+        };
+        table.extend_from_slice(&buffer.to_le_bytes());
+        table.extend_from_slice(&1u32.to_le_bytes());
+        table.extend_from_slice(&flags.to_le_bytes());
+        table.extend_from_slice(&((i + 1) as u16).to_le_bytes());
+    }
+    driver
+        .memory
+        .write_slice(&table, GuestAddress(TABLE))
+        .expect("table");
+}
+
+#[test]
+fn a_guest_offering_one_head_again_and_again_cannot_make_the_device_hoard() {
+    let mut driver = Driver::with_memory(4).activate();
+    write_huge_table(&driver);
+    let before = resident();
+    let head = driver.offer_raw(0, TABLE, TABLE_ENTRIES * 16, INDIRECT);
+    // The same head over and over, a queue's worth at a time, with no
+    // packet waiting. A device that took every chain offered, following
+    // the table, would hold a megabyte per offer; each batch waits until
+    // such a device would have taken it, or a second.
+    const BATCHES: u64 = 4;
+    let per_batch = u64::from(test_driver::QUEUE);
+    for batch in 1..=BATCHES {
+        let offers = if batch == 1 { per_batch - 1 } else { per_batch };
+        for _ in 0..offers {
+            driver.make_available(0, head);
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while resident() < before + batch * (per_batch - 1) * MIB && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let grown = resident().saturating_sub(before);
+    assert!(
+        grown < 16 * MIB,
+        "the device's process grew by {} MiB for {} offers of one head",
+        grown / MIB,
+        BATCHES * per_batch
+    );
+    assert!(
+        driver.nothing_more_used(0),
+        "nothing was waiting for a buffer"
+    );
+}
+
+#[test]
+fn indirect_tables_are_refused_and_rx_buffers_are_taken_only_for_packets() {
+    let mut driver = Driver::with_memory(4).activate();
+    let listener = UnixListener::bind(driver.port_path(5010)).expect("listen");
+    write_huge_table(&driver);
+    let indirect = driver.offer_raw(0, TABLE, TABLE_ENTRIES * 16, INDIRECT);
+    let good = driver.post_rx(&[4096]);
+    // No packet waits, so no buffer is taken, and none comes back.
+    assert!(driver.nothing_more_used(0));
+    driver.send(header(Op::Request, 9, 5010), &[]);
+    assert_eq!(
+        driver.used(0),
+        (indirect, 0),
+        "the indirect chain comes back unwritten"
+    );
+    let (head, len) = driver.used(0);
+    assert_eq!(head, good);
+    let bytes = driver.read_chain(head, len);
+    let response = Header::parse(bytes[..HEADER_LEN].try_into().expect("header"));
+    assert_eq!(Op::from_u16(response.op), Some(Op::Response));
+    accept(&listener);
+    assert!(driver.nothing_more_used(0));
 }

@@ -2,7 +2,6 @@
 //! signal, the Unix listener and every host socket. The vCPU thread only
 //! writes the kick eventfd, so it never waits on a host socket.
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use virtio_queue::{Queue, QueueT};
@@ -23,8 +22,12 @@ pub struct Worker {
     interrupt: Interrupt,
     muxer: Muxer,
     wakeups: Wakeups,
-    /// rx buffers popped from the queue, waiting for packets.
-    rx_buffers: VecDeque<RxBuffer>,
+    /// The one rx buffer popped for a packet that then did not come (the
+    /// connection had nothing to send after all). Buffers are popped only
+    /// while a packet waits, and no other is popped while this one is
+    /// held, so the guest cannot make the device hold more than one,
+    /// whatever it offers and however often it offers the same head.
+    rx_buffer: Option<RxBuffer>,
     bad_input: RateLimit,
 }
 
@@ -57,7 +60,7 @@ impl Worker {
             interrupt,
             muxer,
             wakeups,
-            rx_buffers: VecDeque::new(),
+            rx_buffer: None,
             bad_input: RateLimit::default(),
         })
     }
@@ -147,7 +150,7 @@ impl Worker {
                 break;
             };
             let head = chain.head_index();
-            match TxPacket::read(&self.memory, chain) {
+            match TxPacket::read(&self.memory, &self.tx, head) {
                 Ok(packet) => self.muxer.on_guest_packet(packet),
                 Err(err) => self.log_bad_chain("tx", &err),
             }
@@ -158,15 +161,16 @@ impl Worker {
         progress
     }
 
-    /// Fills the guest's rx buffers with whatever the muxer has.
-    fn fill_rx(&mut self, used: &mut bool) -> bool {
+    /// The held rx buffer, or the next well-formed one the guest offers;
+    /// malformed ones go back empty.
+    fn next_rx_buffer(&mut self, used: &mut bool) -> Option<RxBuffer> {
+        if let Some(buffer) = self.rx_buffer.take() {
+            return Some(buffer);
+        }
         while self.rx.ready() {
-            let Some(chain) = self.rx.pop_descriptor_chain(&self.memory) else {
-                break;
-            };
-            let head = chain.head_index();
-            match RxBuffer::new(&self.memory, chain) {
-                Ok(buffer) => self.rx_buffers.push_back(buffer),
+            let head = self.rx.pop_descriptor_chain(&self.memory)?.head_index();
+            match RxBuffer::new(&self.memory, &self.rx, head) {
+                Ok(buffer) => return Some(buffer),
                 Err(err) => {
                     self.log_bad_chain("rx", &err);
                     Self::give_back(&mut self.rx, &self.memory, head, 0);
@@ -174,15 +178,21 @@ impl Worker {
                 }
             }
         }
+        None
+    }
+
+    /// Fills rx buffers with whatever the muxer has, taking a buffer from
+    /// the guest only once a packet waits for it.
+    fn fill_rx(&mut self, used: &mut bool) -> bool {
         let mut progress = false;
         while self.muxer.has_packets() {
-            let Some(buffer) = self.rx_buffers.front() else {
+            let Some(buffer) = self.next_rx_buffer(used) else {
                 break;
             };
             let Some((header, payload)) = self.muxer.next_packet(buffer.max_payload()) else {
+                self.rx_buffer = Some(buffer);
                 break;
             };
-            let buffer = self.rx_buffers.pop_front().expect("checked above");
             let len = match buffer.write(&self.memory, &header, &payload) {
                 Ok(len) => len,
                 Err(err) => {
