@@ -10,6 +10,7 @@
 //! host's KVM can do.
 
 pub mod backend;
+pub mod confine;
 pub mod console;
 pub mod error;
 pub mod host;
