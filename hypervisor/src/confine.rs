@@ -114,6 +114,15 @@ pub(crate) const VHOST_VSOCK: Syscalls = Syscalls {
         libc::SYS_gettid,
         libc::SYS_getpid,
         libc::SYS_getrandom,
+        // Harmless questions libraries ask.
+        libc::SYS_getuid,
+        libc::SYS_geteuid,
+        libc::SYS_getgid,
+        libc::SYS_getegid,
+        libc::SYS_uname,
+        libc::SYS_readlink,
+        libc::SYS_readlinkat,
+        libc::SYS_pipe2,
         // Signals, and what a panic or an abort does.
         libc::SYS_tgkill,
         libc::SYS_rt_sigaction,
@@ -163,7 +172,10 @@ fn one_of(
     len: SeccompCmpArgLen,
     values: &[u64],
 ) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
-    values.iter().map(|&value| rule(arg, len, value)).collect()
+    values
+        .iter()
+        .map(|&value| rule(arg, len.clone(), value))
+        .collect()
 }
 
 impl Sandbox {
@@ -173,37 +185,36 @@ impl Sandbox {
         let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(&fail)?;
         let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
             syscalls.any.iter().map(|&nr| (nr, Vec::new())).collect();
-        let dword = SeccompCmpArgLen::Dword;
-        let qword = SeccompCmpArgLen::Qword;
+        use SeccompCmpArgLen::{Dword, Qword};
         rules.insert(
             libc::SYS_socket,
-            one_of(0, dword, &[libc::AF_UNIX as u64]).map_err(&fail)?,
+            one_of(0, Dword, &[libc::AF_UNIX as u64]).map_err(&fail)?,
         );
         rules.insert(
             libc::SYS_socketpair,
-            one_of(0, dword, &[libc::AF_UNIX as u64]).map_err(&fail)?,
+            one_of(0, Dword, &[libc::AF_UNIX as u64]).map_err(&fail)?,
         );
         rules.insert(
             libc::SYS_clone,
-            one_of(0, qword, &[THREAD_CLONE_FLAGS]).map_err(&fail)?,
+            one_of(0, Qword, &[THREAD_CLONE_FLAGS]).map_err(&fail)?,
         );
         rules.insert(libc::SYS_clone3, Vec::new());
         rules.insert(
             libc::SYS_ioctl,
-            one_of(1, dword, syscalls.ioctls).map_err(&fail)?,
+            one_of(1, Dword, syscalls.ioctls).map_err(&fail)?,
         );
         rules.insert(
             libc::SYS_prctl,
-            one_of(0, dword, syscalls.prctls).map_err(&fail)?,
+            one_of(0, Dword, syscalls.prctls).map_err(&fail)?,
         );
         // Reading files (the loader's libraries, /proc/self/maps), never
         // creating or writing one.
         rules.insert(
             libc::SYS_openat,
-            one_of(2, dword, &[(libc::O_RDONLY | libc::O_CLOEXEC) as u64]).map_err(&fail)?,
+            one_of(2, Dword, &[(libc::O_RDONLY | libc::O_CLOEXEC) as u64]).map_err(&fail)?,
         );
         // Reading a limit (std's stack guard), never setting one.
-        rules.insert(libc::SYS_prlimit64, one_of(2, qword, &[0]).map_err(&fail)?);
+        rules.insert(libc::SYS_prlimit64, one_of(2, Qword, &[0]).map_err(&fail)?);
         let allowed = SeccompFilter::new(
             rules,
             SeccompAction::KillProcess,

@@ -336,6 +336,16 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
         None => None,
     };
 
+    if let (Some(bound), Some(run_as), Some(path)) = (
+        &control_socket,
+        config.confinement.run_as,
+        &config.api_socket,
+    ) {
+        bound
+            .give_to(run_as.uid, run_as.gid)
+            .map_err(io(format!("api_socket {}", path.display())))?;
+    }
+
     // 6. Set-up is done and this is still the only thread: every
     // capability goes (and root, if asked), so every thread started from
     // here on has none.

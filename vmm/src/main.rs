@@ -129,6 +129,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse().enter_jail()?;
+    let run_as = cli.run_as();
     let mut config = VmmConfig::new(
         cli.memory_mib,
         Boot::Linux {
@@ -148,7 +149,7 @@ fn main() -> anyhow::Result<()> {
     config.confinement = Confinement {
         drop_capabilities: true,
         seccomp: !cli.no_seccomp,
-        run_as: cli.run_as(),
+        run_as,
     };
     config.vsock = cli.vsock_uds.map(|uds_path| VsockConfig {
         guest_cid: cli.vsock_cid,

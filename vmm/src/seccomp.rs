@@ -164,7 +164,7 @@ fn one_of(
 ) -> Result<Vec<SeccompRule>, SeccompError> {
     values
         .iter()
-        .map(|&value| condition(arg, len, value))
+        .map(|&value| condition(arg, len.clone(), value))
         .collect()
 }
 
@@ -214,6 +214,7 @@ pub fn clone3_filter() -> Result<BpfProgram, SeccompError> {
 }
 
 /// The programs [`install`] puts on the process.
+#[derive(Debug)]
 pub struct Filters {
     clone3: BpfProgram,
     main: BpfProgram,

@@ -55,6 +55,13 @@ impl BoundControl {
         })
     }
 
+    /// Makes the socket `uid`'s and `gid`'s, for a VMM about to become that
+    /// user: it wakes its own accept by connecting, when it stops, and
+    /// connecting takes write permission on the socket.
+    pub fn give_to(&self, uid: u32, gid: u32) -> std::io::Result<()> {
+        std::os::unix::fs::chown(&self.path, Some(uid), Some(gid))
+    }
+
     /// Starts answering requests, on a thread of its own.
     pub fn serve(
         mut self,
