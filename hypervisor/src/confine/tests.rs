@@ -76,7 +76,7 @@ fn a_program_within_the_filter_runs_to_its_end() {
 
 #[test]
 fn a_call_outside_the_filter_kills_the_program() {
-    // mkdir(2) is not on the list.
+    // mkdir(1) calls statfs(2) and mkdir(2), neither on the list.
     let dir = tempfile::tempdir().expect("dir");
     std::fs::set_permissions(
         dir.path(),
