@@ -143,7 +143,7 @@ const KVM_RUN: u64 = (0xae << 8) | 0x80;
 ///   leave is a signal plus `immediate_exit` in shared memory, no ioctl);
 /// - `FIONBIO`: std's `set_nonblocking`, on the streams the control channel
 ///   and hybrid vsock accept and connect while the guest runs.
-pub const IOCTLS: &[u64] = &[KVM_RUN, libc::FIONBIO as u64];
+pub const IOCTLS: &[u64] = &[KVM_RUN, libc::FIONBIO];
 
 /// The prctl options the VMM uses once it runs: `PR_SET_NAME`, with which
 /// std names each thread it starts (vCPUs, devices).
