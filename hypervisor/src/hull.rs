@@ -1,11 +1,14 @@
 //! The `hull` backend: Hull's own VMM, `hull-vmm`, with `virtiofsd` for the
 //! shared directory. Its vsock device speaks hybrid vsock itself, so unlike
 //! QEMU it needs no vhost-device-vsock. hull-vmm runs jailed in the VM's
-//! work directory (`--jail`), with no capabilities and under its seccomp
-//! filter.
+//! work directory (`--jail`, which gives it its own PID, mount and network
+//! namespaces), as an unprivileged user ([`HullVmm::run_as`], `--uid` and
+//! `--gid`), with no capabilities and under its seccomp filter.
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
+
+use hull_vmm::caps::RunAs;
 
 use crate::console::Console;
 use crate::process::{Helper, find_program};
@@ -23,6 +26,10 @@ const GUEST_CID: u32 = 3;
 pub struct HullVmm {
     pub vmm: String,
     pub virtiofsd: String,
+    /// The user and group hull-vmm continues as once set up. The work
+    /// directory becomes theirs (the jail's root), and the hybrid vsock
+    /// ready socket too, so the VMM can still connect to it.
+    pub run_as: RunAs,
 }
 
 impl Default for HullVmm {
@@ -31,6 +38,7 @@ impl Default for HullVmm {
         Self {
             vmm: "hull-vmm".into(),
             virtiofsd: "virtiofsd".into(),
+            run_as: crate::confine::NOBODY,
         }
     }
 }
@@ -52,6 +60,7 @@ impl HullVmm {
             crate::virtiofsd::start(&virtiofsd, &config.shared_dir, &fs_socket, &work_dir)?;
         let vsock_host =
             crate::vsock::HostVsock::listen(vsock_uds.clone(), config.agent_ready_port)?;
+        vsock_host.give_ready_socket_to(self.run_as)?;
 
         let started = Instant::now();
         let timeline = Timeline::new(started);
@@ -85,6 +94,8 @@ impl HullVmm {
                 // all the VMM needs to see.
                 .arg("--jail")
                 .arg(work_dir.path())
+                .args(["--uid", &self.run_as.uid.to_string()])
+                .args(["--gid", &self.run_as.gid.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(work_dir.log_file("hull-vmm.log")?),

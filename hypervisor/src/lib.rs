@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod cgroup;
+pub mod confine;
 pub mod console;
 pub mod error;
 pub mod host;

@@ -7,6 +7,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hull_vmm::caps::RunAs;
+
 use crate::VmError;
 
 /// The handshake must not wait forever on a VM that hangs.
@@ -70,6 +72,26 @@ impl HostVsock {
         Ok(Self {
             uds,
             ready: Some(ready),
+        })
+    }
+
+    /// Lets the process serving `uds`, running as `owner`, connect to the
+    /// ready socket (connecting to a Unix socket takes write permission on
+    /// it): the socket becomes `owner`'s.
+    pub(crate) fn give_ready_socket_to(&self, owner: RunAs) -> Result<(), VmError> {
+        let Some(ready) = &self.ready else {
+            return Ok(());
+        };
+        std::os::unix::fs::chown(&ready.path, Some(owner.uid), Some(owner.gid)).map_err(|err| {
+            VmError::Vsock {
+                port: ready.port,
+                reason: format!(
+                    "giving {} to {}:{}: {err}",
+                    ready.path.display(),
+                    owner.uid,
+                    owner.gid
+                ),
+            }
         })
     }
 }

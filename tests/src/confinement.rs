@@ -51,19 +51,58 @@ fn assert_namespaced(name: &str, pid: u32, root: &Path) {
     );
 }
 
-/// QEMU under its `-sandbox` seccomp filter; hull-vmm jailed in the work
-/// directory with no capabilities under its filter; virtiofsd's worker
-/// under its filter and pivoted into the shared directory.
-/// vhost-device-vsock has no sandbox of its own.
+const NO_CAPS: &str = "0000000000000000";
+
+/// Not root: every one of the real, effective, saved and filesystem uids.
+fn assert_not_root(name: &str, pid: u32) {
+    let uids = status_field(pid, "Uid");
+    assert!(
+        uids.split_whitespace().all(|uid| uid != "0"),
+        "{name} runs as root (Uid: {uids})"
+    );
+}
+
+/// In a network namespace other than the host's (this test's).
+fn assert_own_network(name: &str, pid: u32) {
+    let net = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("net ns");
+    assert_ne!(
+        net(&pid.to_string()),
+        net("self"),
+        "{name} is in the host's network namespace"
+    );
+}
+
+/// QEMU under its `-sandbox` seccomp filter, not root (`-runas`); hull-vmm
+/// jailed in the work directory, not root, in its own network namespace,
+/// with no capabilities under its filter; virtiofsd's worker under its
+/// filter and pivoted into the shared directory; vhost-device-vsock not
+/// root, with no capabilities, under the filter Hull gives it, in its own
+/// network namespace.
 pub fn assert_helpers_confined(vm: &Vm, shared_dir: &Path) {
+    let mut seen_vsock = false;
     for (name, pid) in vm.pids() {
         match name {
-            "qemu" => assert_eq!(status_field(pid, "Seccomp"), "2", "qemu"),
+            "qemu" => {
+                assert_eq!(status_field(pid, "Seccomp"), "2", "qemu");
+                assert_not_root(name, pid);
+                assert_eq!(status_field(pid, "CapEff"), NO_CAPS, "qemu");
+            }
             "hull-vmm" => {
                 let vmm = only_child(pid);
                 assert_eq!(status_field(vmm, "Seccomp"), "2", "hull-vmm");
-                assert_eq!(status_field(vmm, "CapEff"), "0000000000000000", "hull-vmm");
+                assert_eq!(status_field(vmm, "CapEff"), NO_CAPS, "hull-vmm");
                 assert_namespaced(name, vmm, vm.work_dir());
+                assert_not_root(name, vmm);
+                assert_own_network(name, vmm);
+            }
+            "vhost-device-vsock" => {
+                seen_vsock = true;
+                assert_eq!(status_field(pid, "Seccomp"), "2", "{name}");
+                assert_eq!(status_field(pid, "CapEff"), NO_CAPS, "{name}");
+                assert_eq!(status_field(pid, "CapBnd"), NO_CAPS, "{name}");
+                assert_eq!(status_field(pid, "NoNewPrivs"), "1", "{name}");
+                assert_not_root(name, pid);
+                assert_own_network(name, pid);
             }
             "virtiofsd" => {
                 let worker = only_child(pid);
@@ -73,4 +112,6 @@ pub fn assert_helpers_confined(vm: &Vm, shared_dir: &Path) {
             _ => {}
         }
     }
+    let qemu = vm.pids().iter().any(|(name, _)| *name == "qemu");
+    assert_eq!(seen_vsock, qemu, "vhost-device-vsock runs with QEMU only");
 }

@@ -10,7 +10,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::caps::CapsError;
-use crate::control::{ControlServer, VcpuKicker};
+use crate::control::{BoundControl, VcpuKicker};
 use crate::devices::Bus;
 use crate::devices::bus::Overlap;
 use crate::devices::legacy::i8042::{I8042_PORT, I8042_PORTS};
@@ -89,6 +89,9 @@ pub struct Confinement {
     pub drop_capabilities: bool,
     /// Install the seccomp filter ([`crate::seccomp`]) on every thread.
     pub seccomp: bool,
+    /// Continue as this user and group, with the capabilities (needs
+    /// `drop_capabilities`).
+    pub run_as: Option<crate::caps::RunAs>,
 }
 
 impl VmmConfig {
@@ -329,10 +332,30 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
 
     timeline.vm_built();
 
+    // The control socket is bound while the VMM may still create files
+    // (it may be about to give up root); its thread starts in step 7.
+    let control_socket = match &config.api_socket {
+        Some(path) => {
+            Some(BoundControl::bind(path).map_err(io(format!("api_socket {}", path.display())))?)
+        }
+        None => None,
+    };
+
+    if let (Some(bound), Some(run_as), Some(path)) = (
+        &control_socket,
+        config.confinement.run_as,
+        &config.api_socket,
+    ) {
+        bound
+            .give_to(run_as.uid, run_as.gid)
+            .map_err(io(format!("api_socket {}", path.display())))?;
+    }
+
     // 6. Set-up is done and this is still the only thread: every
-    // capability goes, so every thread started from here on has none.
+    // capability goes (and root, if asked), so every thread started from
+    // here on has none.
     if config.confinement.drop_capabilities {
-        crate::caps::drop_all()?;
+        crate::caps::drop_all(config.confinement.run_as)?;
     }
 
     // 7. The control channel, before any guest code runs, so a pause or
@@ -340,24 +363,24 @@ pub fn run(config: &VmmConfig) -> Result<VcpuExitReason, BuildError> {
     install_kick_handler().map_err(io("installing the vCPU kick signal handler"))?;
     let control = Arc::new(RunControl::new(vcpus.len()));
     let threads = Arc::new(VcpuThreads::default());
-    let _control_server = match &config.api_socket {
-        Some(path) => Some(
-            ControlServer::start(
-                path,
-                Arc::clone(&control),
-                Arc::clone(&threads) as Arc<dyn VcpuKicker>,
-                Arc::clone(&timeline),
-            )
-            .map_err(io(format!("api_socket {}", path.display())))?,
+    let _control_server = match (control_socket, &config.api_socket) {
+        (Some(bound), Some(path)) => Some(
+            bound
+                .serve(
+                    Arc::clone(&control),
+                    Arc::clone(&threads) as Arc<dyn VcpuKicker>,
+                    Arc::clone(&timeline),
+                )
+                .map_err(io(format!("api_socket {}", path.display())))?,
         ),
-        None => None,
+        _ => None,
     };
 
     // 8. The seccomp filter, on every thread (the control channel's too),
     // before the first guest instruction; threads started later (the
     // vCPUs', the devices') inherit it.
     if config.confinement.seccomp {
-        crate::seccomp::install(&crate::seccomp::filter()?)?;
+        crate::seccomp::install(&crate::seccomp::filters()?)?;
     }
 
     // 9. Each vCPU in its own thread, entering the guest.

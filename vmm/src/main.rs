@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use hull_vmm::caps::RunAs;
 use hull_vmm::jail::JailPaths;
 use hull_vmm::{Boot, Confinement, FsConfig, NetConfig, VcpuExitReason, VmmConfig, VsockConfig};
 
@@ -71,24 +72,43 @@ struct Cli {
     /// started process stays outside, waits, and ends as the VMM ends.
     #[arg(long, value_name = "DIR")]
     jail: Option<PathBuf>,
+    /// Once set up, continue as this user (not 0), with no supplementary
+    /// groups: DIR is chowned to it so it can remove its sockets, and any
+    /// `<vsock-uds>_P` socket the guest dials must let it connect.
+    #[arg(long, value_name = "UID", requires_all = ["jail", "gid"])]
+    uid: Option<u32>,
+    /// The group for --uid (not 0).
+    #[arg(long, value_name = "GID", requires = "uid")]
+    gid: Option<u32>,
 }
 
 impl Cli {
+    fn run_as(&self) -> Option<RunAs> {
+        Some(RunAs {
+            uid: self.uid?,
+            gid: self.gid?,
+        })
+    }
+
     /// Moves into the jail, if asked, and takes the paths as seen from
     /// inside. Returns only in the process that runs the VM.
     fn enter_jail(mut self) -> anyhow::Result<Self> {
         let Some(root) = self.jail.take() else {
             return Ok(self);
         };
-        let inside = hull_vmm::jail::enter(&JailPaths {
-            root,
-            kernel: self.kernel,
-            initrd: self.initrd,
-            console_log: self.console_log,
-            api_socket: self.api_socket,
-            vsock_uds: self.vsock_uds,
-            fs_socket: self.fs_socket,
-        })
+        let run_as = self.run_as();
+        let inside = hull_vmm::jail::enter(
+            &JailPaths {
+                root,
+                kernel: self.kernel,
+                initrd: self.initrd,
+                console_log: self.console_log,
+                api_socket: self.api_socket,
+                vsock_uds: self.vsock_uds,
+                fs_socket: self.fs_socket,
+            },
+            run_as,
+        )
         .context("entering the jail")?;
         self.kernel = inside.kernel;
         self.initrd = inside.initrd;
@@ -109,6 +129,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse().enter_jail()?;
+    let run_as = cli.run_as();
     let mut config = VmmConfig::new(
         cli.memory_mib,
         Boot::Linux {
@@ -128,6 +149,7 @@ fn main() -> anyhow::Result<()> {
     config.confinement = Confinement {
         drop_capabilities: true,
         seccomp: !cli.no_seccomp,
+        run_as,
     };
     config.vsock = cli.vsock_uds.map(|uds_path| VsockConfig {
         guest_cid: cli.vsock_cid,

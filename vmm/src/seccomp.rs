@@ -6,9 +6,18 @@
 //! ioctls, epoll and eventfds, reads and writes, memory management, futexes,
 //! clocks, signals for the vCPU kick, new threads (devices start theirs when
 //! the guest activates them), and the Unix-socket calls of the control
-//! channel, hybrid vsock and the vhost-user front end. `socket` and
-//! `socketpair` are allowed for `AF_UNIX` only. Nothing opens a file, binds
-//! or listens after set-up, and nothing may `execve` or fork.
+//! channel, hybrid vsock and the vhost-user front end. Nothing opens a file,
+//! binds or listens after set-up, and nothing may `execve` or fork.
+//!
+//! Where a call could do more than the VMM needs, its arguments are checked:
+//! - `clone` only with the exact flags glibc's `pthread_create` passes
+//!   ([`THREAD_CLONE_FLAGS`]): a fork, or a clone into new namespaces,
+//!   kills the process;
+//! - `clone3` fails with ENOSYS (its flags sit in memory, where seccomp
+//!   cannot look), and glibc (2.34 and later) then falls back to `clone`;
+//! - `ioctl` only for [`IOCTLS`], the requests the running VMM makes;
+//! - `prctl` only for [`PRCTLS`];
+//! - `socket` and `socketpair` only for `AF_UNIX`.
 //!
 //! [`install`] puts it on every thread of the process at once (TSYNC);
 //! threads started later inherit it.
@@ -50,7 +59,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_statx,
     libc::SYS_fcntl,
     libc::SYS_dup,
-    libc::SYS_ioctl,
     libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_epoll_create1,
@@ -82,8 +90,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_madvise,
     libc::SYS_brk,
     // Threads and their synchronisation.
-    libc::SYS_clone,
-    libc::SYS_clone3,
     libc::SYS_set_robust_list,
     libc::SYS_rseq,
     libc::SYS_futex,
@@ -91,7 +97,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_sched_getaffinity,
     libc::SYS_gettid,
     libc::SYS_getpid,
-    libc::SYS_prctl,
     libc::SYS_getrandom,
     // Signals: the vCPU kick, and what std does on a panic or an abort.
     libc::SYS_tgkill,
@@ -113,32 +118,123 @@ const ALLOWED: &[libc::c_long] = &[
 /// Allowed for Unix sockets only (the first argument is the domain).
 const UNIX_ONLY: &[libc::c_long] = &[libc::SYS_socket, libc::SYS_socketpair];
 
+/// The flags glibc's `pthread_create` gives `clone` (`create_thread` in
+/// nptl), which is how Rust's `std::thread::spawn` starts a thread: one
+/// address space, file table, signal handlers and thread group, and no
+/// exit signal. Anything else (a fork, `CLONE_NEW*`, `CLONE_VFORK`) traps.
+pub const THREAD_CLONE_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM
+    | libc::CLONE_SETTLS
+    | libc::CLONE_PARENT_SETTID
+    | libc::CLONE_CHILD_CLEARTID) as u64;
+
+/// `KVM_RUN`, `_IO(KVMIO, 0x80)`: kvm-ioctls keeps its request numbers
+/// private.
+const KVM_RUN: u64 = (0xae << 8) | 0x80;
+
+/// The ioctl requests the VMM makes once it runs. Every other KVM and tap
+/// request (creating the VM and its vCPUs, registers, irqfds, the tap's
+/// header size and offloads) is made during set-up, before the filter.
+/// - `KVM_RUN`: each vCPU thread entering the guest (the kick that makes it
+///   leave is a signal plus `immediate_exit` in shared memory, no ioctl);
+/// - `FIONBIO`: std's `set_nonblocking`, on the streams the control channel
+///   and hybrid vsock accept and connect while the guest runs.
+pub const IOCTLS: &[u64] = &[KVM_RUN, libc::FIONBIO];
+
+/// The prctl options the VMM uses once it runs: `PR_SET_NAME`, with which
+/// std names each thread it starts (vCPUs, devices).
+pub const PRCTLS: &[u64] = &[libc::PR_SET_NAME as u64];
+
+fn condition(arg: u8, len: SeccompCmpArgLen, value: u64) -> Result<SeccompRule, SeccompError> {
+    SeccompCondition::new(arg, len, SeccompCmpOp::Eq, value)
+        .and_then(|condition| SeccompRule::new(vec![condition]))
+        .map_err(SeccompError::Build)
+}
+
+/// One rule per allowed value of argument `arg`: the call passes when any
+/// of them matches.
+fn one_of(
+    arg: u8,
+    len: SeccompCmpArgLen,
+    values: &[u64],
+) -> Result<Vec<SeccompRule>, SeccompError> {
+    values
+        .iter()
+        .map(|&value| condition(arg, len.clone(), value))
+        .collect()
+}
+
+fn arch() -> Result<TargetArch, SeccompError> {
+    TargetArch::try_from(std::env::consts::ARCH).map_err(SeccompError::Build)
+}
+
 /// The filter, compiled to BPF for this machine.
 pub fn filter() -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
     for &nr in UNIX_ONLY {
-        let unix = SeccompCondition::new(
-            0,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Eq,
-            libc::AF_UNIX as u64,
-        )
-        .and_then(|condition| SeccompRule::new(vec![condition]))
-        .map_err(SeccompError::Build)?;
-        rules.insert(nr, vec![unix]);
+        rules.insert(
+            nr,
+            one_of(0, SeccompCmpArgLen::Dword, &[libc::AF_UNIX as u64])?,
+        );
     }
-    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(SeccompError::Build)?;
-    SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch)
+    // The flags are an unsigned long: all 64 bits must match.
+    rules.insert(
+        libc::SYS_clone,
+        one_of(0, SeccompCmpArgLen::Qword, &[THREAD_CLONE_FLAGS])?,
+    );
+    // The kernel reads an ioctl's request and prctl's option as 32 bits.
+    rules.insert(libc::SYS_ioctl, one_of(1, SeccompCmpArgLen::Dword, IOCTLS)?);
+    rules.insert(libc::SYS_prctl, one_of(0, SeccompCmpArgLen::Dword, PRCTLS)?);
+    // Passed here, answered by [`clone3_filter`]: seccomp runs every
+    // installed filter and the ENOSYS answer wins over this Allow.
+    rules.insert(libc::SYS_clone3, Vec::new());
+    SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch()?)
         .and_then(BpfProgram::try_from)
         .map_err(SeccompError::Build)
 }
 
-/// Installs the SIGSYS reporter, sets no_new_privs and installs `filter`
-/// on every thread of the process.
-pub fn install(filter: &BpfProgram) -> Result<(), SeccompError> {
+/// Answers `clone3` with ENOSYS and lets everything else through to
+/// [`filter`]. A separate filter because a seccompiler filter has one action
+/// for every matched call.
+pub fn clone3_filter() -> Result<BpfProgram, SeccompError> {
+    let rules = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
+    SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch()?,
+    )
+    .and_then(BpfProgram::try_from)
+    .map_err(SeccompError::Build)
+}
+
+/// The programs [`install`] puts on the process.
+#[derive(Debug)]
+pub struct Filters {
+    clone3: BpfProgram,
+    main: BpfProgram,
+}
+
+/// Both filters, compiled to BPF for this machine.
+pub fn filters() -> Result<Filters, SeccompError> {
+    Ok(Filters {
+        clone3: clone3_filter()?,
+        main: filter()?,
+    })
+}
+
+/// Installs the SIGSYS reporter, sets no_new_privs and installs `filters`
+/// on every thread of the process: the clone3 one first, since the main
+/// one then forbids `seccomp` itself.
+pub fn install(filters: &Filters) -> Result<(), SeccompError> {
     report::install_handler().map_err(SeccompError::Handler)?;
-    seccompiler::apply_filter_all_threads(filter).map_err(SeccompError::Install)
+    seccompiler::apply_filter_all_threads(&filters.clone3).map_err(SeccompError::Install)?;
+    seccompiler::apply_filter_all_threads(&filters.main).map_err(SeccompError::Install)
 }
 
 mod report;

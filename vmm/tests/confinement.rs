@@ -2,7 +2,9 @@
 //! /dev/kvm, is confined while the guest runs: every thread under the
 //! seccomp filter (`Seccomp: 2`) with no capabilities, and the guest and the
 //! control channel still work, and a system call outside the filter, forced
-//! on its main thread with ptrace, kills it. Needs root.
+//! on its main thread with ptrace, kills it; so does a `clone` into new
+//! namespaces. Jailed with `--uid`/`--gid`, it runs as that user in a
+//! network namespace of its own. Needs root.
 
 mod common;
 
@@ -82,4 +84,85 @@ fn without_the_filter_the_same_forced_call_fails_and_the_vmm_runs_on() {
     assert_eq!(vmm.child.try_wait().expect("wait"), None, "hull-vmm died");
     vmm.wait_for_output(len);
     vmm.pause_resume_stop();
+}
+
+/// Waits, boundedly, for the VMM to die; returns how.
+fn wait_killed(vmm: &mut Vmm, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = vmm.child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "hull-vmm survived {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_clone_into_new_namespaces_kills_the_vmm() {
+    use std::os::unix::process::ExitStatusExt;
+
+    let mut vmm = Vmm::start(&[]);
+    vmm.control(Request::State);
+    vmm.wait_for_output(0);
+    let flags = libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWPID | libc::SIGCHLD;
+    common::force_clone_on_main_thread(vmm.vmm_pid(), flags as u64);
+    let status = wait_killed(&mut vmm, "a clone(CLONE_NEWNS|CLONE_NEWNET|CLONE_NEWPID)");
+    assert_eq!(status.signal(), Some(libc::SIGSYS), "hull-vmm: {status}");
+    let expected = format!(
+        "hull-vmm: system call {} is not allowed by its seccomp filter",
+        libc::SYS_clone
+    );
+    assert!(vmm.stderr().contains(&expected), "{}", vmm.stderr());
+    let _ = std::fs::remove_file(&vmm.socket);
+}
+
+#[test]
+fn a_fork_kills_the_vmm() {
+    use std::os::unix::process::ExitStatusExt;
+
+    let mut vmm = Vmm::start(&[]);
+    vmm.control(Request::State);
+    vmm.wait_for_output(0);
+    common::force_clone_on_main_thread(vmm.vmm_pid(), libc::SIGCHLD as u64);
+    let status = wait_killed(&mut vmm, "a fork");
+    assert_eq!(status.signal(), Some(libc::SIGSYS), "hull-vmm: {status}");
+    let _ = std::fs::remove_file(&vmm.socket);
+}
+
+const NOBODY: u32 = 65534;
+
+#[test]
+fn jailed_with_a_uid_the_vmm_is_that_user_in_its_own_network_namespace() {
+    let mut vmm = Vmm::start_jailed(&["--uid", &NOBODY.to_string(), "--gid", &NOBODY.to_string()]);
+    assert_eq!(vmm.control(Request::State).state, RunState::Running);
+    vmm.wait_for_output(0);
+    let jailed = vmm.vmm_pid();
+    let net = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("net ns");
+    assert_ne!(
+        net(&jailed.to_string()),
+        net("self"),
+        "the host's network namespace"
+    );
+    let statuses = vmm.thread_statuses();
+    assert!(statuses.len() >= 3, "{} threads", statuses.len());
+    let nobody = format!("{NOBODY}\t{NOBODY}\t{NOBODY}\t{NOBODY}");
+    for (thread, status) in &statuses {
+        assert_eq!(field(status, "Uid"), nobody, "{thread} Uid");
+        assert_eq!(field(status, "Gid"), nobody, "{thread} Gid");
+        assert_eq!(field(status, "Groups"), "", "{thread} Groups");
+        assert_eq!(field(status, "Seccomp"), "2", "{thread}");
+        assert_eq!(field(status, "CapEff"), NO_CAPS, "{thread}");
+    }
+    // It still removes its sockets when it ends, and still dies with its
+    // keeper (the uid change cleared the death signal it armed first).
+    vmm.pause_resume_stop();
+}
+
+#[test]
+fn a_uid_of_0_is_refused() {
+    let mut vmm = Vmm::start_jailed(&["--uid", "0", "--gid", "0"]);
+    let status = vmm.wait_ended();
+    assert!(!status.success(), "hull-vmm ran as root: {status}");
+    assert!(vmm.stderr().contains("0 is root"), "{}", vmm.stderr());
 }

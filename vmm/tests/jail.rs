@@ -135,6 +135,20 @@ fn killing_the_keeper_ends_the_jailed_vmm() {
 }
 
 #[test]
+fn killing_the_keeper_ends_the_jailed_vmm_running_as_another_user() {
+    // Changing the uid clears the kernel's parent-death signal: the VMM
+    // must have armed it again.
+    let mut vmm = Vmm::start_jailed(&["--uid", "65534", "--gid", "65534"]);
+    vmm.control(Request::State);
+    vmm.wait_for_output(0);
+    let jailed = vmm.vmm_pid();
+    vmm.child.kill().expect("kill -9 the keeper");
+    let status = vmm.wait_ended();
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    wait_gone(jailed);
+}
+
+#[test]
 fn a_sigterm_to_the_keeper_ends_both_and_the_keeper_ends_by_it() {
     let mut vmm = Vmm::start_jailed(&[]);
     vmm.control(Request::State);

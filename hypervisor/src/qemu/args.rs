@@ -3,6 +3,8 @@
 use std::ffi::OsString;
 use std::path::Path;
 
+use hull_vmm::caps::RunAs;
+
 use crate::host::Accel;
 use crate::{SHARED_FS_TAG, VmConfig};
 
@@ -14,7 +16,7 @@ pub const KERNEL_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1";
 /// (vhost-user back ends map it), with virtio-fs and vsock served by
 /// vhost-user helpers listening on `fs_socket` and `vsock_socket`, and a
 /// virtio-net device for each of `config.net`, whose taps QEMU inherits as
-/// the descriptors `tap_fds`.
+/// the descriptors `tap_fds`. Once set up, QEMU becomes `run_as`.
 pub fn qemu_args(
     config: &VmConfig,
     accel: Accel,
@@ -22,6 +24,7 @@ pub fn qemu_args(
     fs_socket: &Path,
     vsock_socket: &Path,
     tap_fds: &[i32],
+    run_as: RunAs,
 ) -> Vec<OsString> {
     let mut cmdline = KERNEL_CMDLINE.to_owned();
     if let (Accel::Tcg, Some(khz)) = (accel, tsc_khz) {
@@ -43,12 +46,20 @@ pub fn qemu_args(
     ]);
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
     push(&["-serial", "stdio", "-no-reboot"]);
-    // QEMU's own seccomp filter: no obsolete system calls, no setuid or
-    // new capabilities, no fork or exec, no scheduler or affinity changes.
+    // QEMU's own seccomp filter: no obsolete system calls, no fork or
+    // exec, no scheduler or affinity changes.
     push(&[
         "-sandbox",
-        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny",
     ]);
+    // Root only for set-up: every file, socket, tap and the memfd are open
+    // by the time QEMU (7.2) becomes this user, after the machine is built.
+    // It drops the groups, the gid and the uid itself, after its filter
+    // is installed: that is why the filter allows set*id calls
+    // (`elevateprivileges=deny` kills QEMU at the drop). Once it is not
+    // root, with no capabilities and no_new_privs, those calls can only
+    // move between the ids it already has.
+    push(&["-runas", &format!("{}:{}", run_as.uid, run_as.gid)]);
     push(&["-append", &cmdline]);
     push(&[
         "-chardev",
@@ -110,6 +121,10 @@ mod tests {
             Path::new("/w/fs"),
             Path::new("/w/vs"),
             &[3],
+            RunAs {
+                uid: 1000,
+                gid: 1001,
+            },
         )
         .into_iter()
         .map(|a| a.into_string().expect("utf-8"))
@@ -121,9 +136,10 @@ mod tests {
         );
         assert!(line.contains("-accel tcg -cpu max"), "{line}");
         assert!(
-            line.contains("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny"),
+            line.contains("-sandbox on,obsolete=deny,elevateprivileges=allow,spawn=deny"),
             "{line}"
         );
+        assert!(line.contains("-runas 1000:1001"), "{line}");
         assert!(
             line.contains("memory-backend-memfd,id=mem,size=256M,share=on"),
             "{line}"
@@ -149,6 +165,7 @@ mod tests {
             Path::new("/w/fs"),
             Path::new("/w/vs"),
             &[3],
+            crate::confine::NOBODY,
         );
         assert!(kvm.iter().any(|a| a == "host"));
         // Under KVM, kvmclock tells the guest its TSC rate.

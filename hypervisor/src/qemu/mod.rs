@@ -1,13 +1,24 @@
 //! The QEMU backend: `qemu-system-x86_64 -machine microvm`, `virtiofsd` for
 //! the shared directory and `vhost-device-vsock` for hybrid vsock.
+//!
+//! vhost-device-vsock is confined at spawn ([`crate::confine`]): it runs as
+//! [`Qemu::helper_run_as`] in namespaces of its own, with no capabilities,
+//! under a seccomp filter. Its sockets live in a `vsock/` subdirectory of
+//! the work directory that belongs to that user, so it can create them and
+//! nothing else there. QEMU itself becomes [`Qemu::run_as`] once it has
+//! built the machine (`-runas`).
 
 mod args;
 
 pub use args::{KERNEL_CMDLINE, qemu_args};
 
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use hull_vmm::caps::RunAs;
+
+use crate::confine::{Sandbox, VHOST_VSOCK};
 use crate::console::Console;
 use crate::host::{Accel, KvmFacts};
 use crate::process::{Helper, find_program};
@@ -29,6 +40,10 @@ pub struct Qemu {
     pub accel: Accel,
     /// Given to a TCG guest so it need not calibrate its TSC.
     pub tsc_khz: Option<u64>,
+    /// The user and group vhost-device-vsock runs as.
+    pub helper_run_as: RunAs,
+    /// The user and group QEMU continues as once set up (`-runas`).
+    pub run_as: RunAs,
 }
 
 impl Qemu {
@@ -43,6 +58,8 @@ impl Qemu {
             vhost_vsock: "vhost-device-vsock".into(),
             accel,
             tsc_khz: crate::host::tsc_khz(),
+            helper_run_as: crate::confine::NOBODY,
+            run_as: crate::confine::NOBODY,
         }
     }
 
@@ -56,17 +73,22 @@ impl Qemu {
 
         let work_dir = WorkDir::create(&config.work_dir)?;
         let fs_socket = work_dir.path().join("fs.sock");
-        let vsock_socket = work_dir.path().join("vsock.sock");
-        let vsock_uds = work_dir.path().join("vsock.uds");
+        let vsock_dir = helper_dir(&work_dir, "vsock", self.helper_run_as)?;
+        let vsock_socket = vsock_dir.join("vsock.sock");
+        let vsock_uds = vsock_dir.join("vsock.uds");
 
         let virtiofsd =
             crate::virtiofsd::start(&virtiofsd, &config.shared_dir, &fs_socket, &work_dir)?;
         let vsock_host =
             crate::vsock::HostVsock::listen(vsock_uds.clone(), config.agent_ready_port)?;
+        vsock_host.give_ready_socket_to(self.helper_run_as)?;
 
+        let mut vsock_command = Command::new(vhost_vsock);
+        Sandbox::new("vhost-device-vsock", self.helper_run_as, &VHOST_VSOCK)?
+            .apply(&mut vsock_command);
         let mut vsock = Helper::spawn(
             "vhost-device-vsock",
-            Command::new(vhost_vsock)
+            vsock_command
                 .args(["--guest-cid", &GUEST_CID.to_string()])
                 .arg("--socket")
                 .arg(&vsock_socket)
@@ -91,6 +113,7 @@ impl Qemu {
                     &fs_socket,
                     &vsock_socket,
                     &tap_fds,
+                    self.run_as,
                 ))
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -114,4 +137,22 @@ impl Qemu {
             None,
         ))
     }
+}
+
+/// A subdirectory of the work directory for a confined helper's sockets,
+/// owned by the user it runs as and closed to everyone else.
+fn helper_dir(work_dir: &WorkDir, name: &str, owner: RunAs) -> Result<PathBuf, VmError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = work_dir.path().join(name);
+    let fail = |what: &str, err| VmError::io(format!("{what} {}", dir.display()), err);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|err| fail("creating", err))?;
+    std::os::unix::fs::chown(&dir, Some(owner.uid), Some(owner.gid))
+        .map_err(|err| fail("chowning", err))?;
+    // The mode asked for is filtered by the umask.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|err| fail("setting the mode of", err))?;
+    Ok(dir)
 }

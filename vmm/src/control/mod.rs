@@ -9,4 +9,4 @@ mod protocol;
 mod server;
 
 pub use protocol::{ControlError, Request, Response, request};
-pub use server::{ControlServer, VcpuKicker};
+pub use server::{BoundControl, ControlServer, VcpuKicker};

@@ -37,15 +37,42 @@ struct Shared {
     timeline: Arc<TimelineRecorder>,
 }
 
-impl ControlServer {
+/// The control socket, bound but not served yet: the VMM binds it while it
+/// may still create files in its directory (before it gives up root), and
+/// starts the thread once capabilities are gone (they are per thread).
+#[derive(Debug)]
+pub struct BoundControl {
+    listener: Option<UnixListener>,
+    path: PathBuf,
+}
+
+impl BoundControl {
     /// Listens on `path`, which must not exist yet.
-    pub fn start(
-        path: &Path,
+    pub fn bind(path: &Path) -> std::io::Result<Self> {
+        Ok(Self {
+            listener: Some(UnixListener::bind(path)?),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Makes the socket `uid`'s and `gid`'s, for a VMM about to become that
+    /// user: it wakes its own accept by connecting, when it stops, and
+    /// connecting takes write permission on the socket.
+    pub fn give_to(&self, uid: u32, gid: u32) -> std::io::Result<()> {
+        std::os::unix::fs::chown(&self.path, Some(uid), Some(gid))
+    }
+
+    /// Starts answering requests, on a thread of its own.
+    pub fn serve(
+        mut self,
         control: Arc<RunControl>,
         kicker: Arc<dyn VcpuKicker>,
         timeline: Arc<TimelineRecorder>,
-    ) -> std::io::Result<Self> {
-        let listener = UnixListener::bind(path)?;
+    ) -> std::io::Result<ControlServer> {
+        let listener = self
+            .listener
+            .take()
+            .ok_or_else(|| std::io::Error::other("the control socket is served already"))?;
         let closing = Arc::new(AtomicBool::new(false));
         let shared = Shared {
             control,
@@ -56,13 +83,36 @@ impl ControlServer {
             let closing = Arc::clone(&closing);
             std::thread::Builder::new()
                 .name("vmm-control".into())
-                .spawn(move || serve(&listener, &shared, &closing))?
+                .spawn(move || serve(&listener, &shared, &closing))
         };
-        Ok(Self {
-            path: path.to_owned(),
+        // On failure `self` still removes the socket.
+        let thread = thread?;
+        Ok(ControlServer {
+            path: std::mem::take(&mut self.path),
             closing,
             thread: Some(thread),
         })
+    }
+}
+
+impl Drop for BoundControl {
+    fn drop(&mut self) {
+        // Served, the server removes it (the path was taken).
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl ControlServer {
+    /// Listens on `path`, which must not exist yet, and serves it.
+    pub fn start(
+        path: &Path,
+        control: Arc<RunControl>,
+        kicker: Arc<dyn VcpuKicker>,
+        timeline: Arc<TimelineRecorder>,
+    ) -> std::io::Result<Self> {
+        BoundControl::bind(path)?.serve(control, kicker, timeline)
     }
 }
 

@@ -229,11 +229,21 @@ pub fn may_drop_bounding_set() -> bool {
 pub const NO_CAPS: &str = "0000000000000000";
 
 /// Makes the VMM's main thread call `execve(NULL, NULL, NULL)`, a call
-/// the filter does not allow and nothing in hull-vmm makes: ptrace stops
-/// the thread where it waits for the vCPUs (in a futex call), points it
-/// back at that `syscall` instruction with execve's number, and lets it go.
-/// Unfiltered, the call fails with EFAULT and the wait goes on.
+/// the filter does not allow and nothing in hull-vmm makes. Unfiltered, the
+/// call fails with EFAULT and the wait goes on.
 pub fn force_execve_on_main_thread(pid: u32) {
+    force_syscall_on_main_thread(pid, libc::SYS_execve, [0, 0, 0]);
+}
+
+/// Makes the VMM's main thread call `clone(flags, NULL, NULL, NULL, 0)`:
+/// ptrace stops the thread where it waits for the vCPUs (in a futex call),
+/// points it back at that `syscall` instruction with the call's number and
+/// arguments, and lets it go.
+pub fn force_clone_on_main_thread(pid: u32, flags: u64) {
+    force_syscall_on_main_thread(pid, libc::SYS_clone, [flags, 0, 0]);
+}
+
+fn force_syscall_on_main_thread(pid: u32, number: libc::c_long, args: [u64; 3]) {
     use nix::sys::ptrace;
     use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
     use nix::unistd::Pid;
@@ -257,10 +267,12 @@ pub fn force_execve_on_main_thread(pid: u32) {
         regs.rip
     );
     regs.rip = syscall_at;
-    regs.rax = libc::SYS_execve as u64;
+    regs.rax = number as u64;
     // Not a restart of the interrupted call.
     regs.orig_rax = u64::MAX;
-    (regs.rdi, regs.rsi, regs.rdx) = (0, 0, 0);
+    (regs.rdi, regs.rsi, regs.rdx) = (args[0], args[1], args[2]);
+    // clone's fourth and fifth arguments (child_tid, tls).
+    (regs.r10, regs.r8) = (0, 0);
     ptrace::setregs(main, regs).expect("PTRACE_SETREGS");
     ptrace::detach(main, None).expect("PTRACE_DETACH");
 }
