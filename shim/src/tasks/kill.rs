@@ -40,6 +40,12 @@ impl Tasks {
         )
         .await;
         match signalled {
+            // The VM died while the call was on its way (killed for another
+            // call that went unanswered): the process died with it.
+            Answer::Answered(Err(err)) if pod.gone().borrow().is_some() => {
+                tracing::debug!(process = %id, %err, "kill: the VM went meanwhile");
+                Ok(())
+            }
             Answer::Answered(answer) => answer,
             // The VM's death is the kill: the process's exit follows.
             Answer::TimedOut(err) => {
