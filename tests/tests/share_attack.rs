@@ -1,7 +1,11 @@
 //! The share attack of issue 16, through a real containerd under QEMU TCG:
-//! a privileged container mounts the pod's virtio-fs share itself
-//! (`mount -t virtiofs hullfs /m`) and tries every move that would make the
-//! shim act on the host through a path the guest controls:
+//! a privileged container in the guest's own PID namespace reaches the
+//! pod's virtio-fs share where the agent mounted it (`/proc/1/root/...`),
+//! the same FUSE session a compromised guest kernel drives, and tries every
+//! move that would make the shim act on the host through a path the guest
+//! controls. (A second `mount -t virtiofs hullfs` in the guest is no way in
+//! for the test: the guest kernel hands it the superblock of the last
+//! submount it crossed, a volume, rather than the share's top.)
 //!
 //! - writing at the top level of the share (and inside a container's
 //!   directory), which would also fill the host's /run;
@@ -27,6 +31,9 @@ use hull_tests::image::BUSYBOX_IMAGE;
 use hull_tests::{serial, text, unique_id};
 
 const NS: &str = "hull-share";
+/// The share where the guest agent (PID 1) mounted it, seen through its
+/// root from a container in its PID namespace.
+const AGENTS_SHARE: &str = "/proc/1/root/run/hull-agent/sandbox/shared/hullfs";
 const TMPFS_CONTENT: &str = "tmpfs canary\n";
 const FILE_CONTENT: &str = "file canary\n";
 
@@ -138,16 +145,14 @@ impl Drop for Canaries {
     }
 }
 
-/// The attacker's script: mounts the share at /m, then runs `moves`, where
+/// The attacker's script: reaches the share at $M, then runs `moves`, where
 /// `try CMD…` prints `DID: CMD` when a move succeeds and `REFUSED: CMD`
 /// when it fails, and `plant ID FILES` plants symlinks at every path the
 /// shim mounts on or unmounts for container ID (FILES: the indices of its
 /// file bind mounts, aimed at the canary file; the rest at the tmpfs).
 fn attack_script(canaries: &Canaries, pod: &str, moves: &str) -> String {
     format!(
-        r#"C={tmpfs}; F={file}; M=/m
-mkdir -p $M
-mount -t virtiofs hullfs $M || {{ echo NO-MOUNT; exit 0; }}
+        r#"C={tmpfs}; F={file}; M={share}
 # The share itself: the attacker's own container is in it.
 [ -d $M/{pod}/rootfs ] && echo MOUNTED || {{ grep -E 'virtiofs| /m ' /proc/self/mountinfo; ls -la $M; }}
 try() {{ if "$@" 2>/dev/null; then echo "DID: $*"; else echo "REFUSED: $*"; fi; }}
@@ -166,6 +171,7 @@ echo END
 "#,
         tmpfs = canaries.tmpfs().display(),
         file = canaries.file().display(),
+        share = AGENTS_SHARE,
     )
 }
 
@@ -208,7 +214,6 @@ fn stop_and_remove_task(rt: &HullRuntime, id: &str) {
 }
 
 #[test]
-#[ignore = "not yet passing: a second guest mount of hullfs is a new FUSE session whose root is not the share's top (it showed a rw volume); the attacker must reach the agent's mount instead; run with --ignored"]
 fn a_privileged_guest_with_the_share_mounted_cannot_reach_the_host() {
     let _serial = serial();
     let rt = HullRuntime::start(NS, false);
@@ -229,6 +234,10 @@ fn a_privileged_guest_with_the_share_mounted_cannot_reach_the_host() {
     );
     rt.run_ok(&[
         "--privileged",
+        // The guest's own PID namespace, as CRI's hostPID gives it: the
+        // agent is PID 1 there.
+        "--with-ns",
+        "pid:/proc/1/ns/pid",
         "--annotation",
         &annotation,
         "-d",
@@ -346,5 +355,8 @@ plant {second} "$files""#
     // directories are read-only to the guest.
     let done: Vec<&str> = out.lines().filter(|l| l.starts_with("DID: ")).collect();
     assert!(done.is_empty(), "the guest changed the share: {done:?}");
-    assert!(out.contains("REFUSED: sh -c echo x > /m/top"), "{out}");
+    assert!(
+        out.contains(&format!("REFUSED: sh -c echo x > {AGENTS_SHARE}/top")),
+        "{out}"
+    );
 }
