@@ -78,7 +78,7 @@ fn a_read_only_bind_is_read_only_all_the_way_down_and_keeps_its_flags() {
     for dir in [target.clone(), target.join("sub")] {
         assert_eq!(
             errno(std::fs::write(dir.join("x"), "x")),
-            Some(libc::EROFS),
+            Some(nix::libc::EROFS),
             "{} is writable",
             dir.display()
         );
@@ -137,14 +137,14 @@ fn the_view_is_read_only_at_the_top_and_receives_the_shims_mounts() {
     ] {
         assert_eq!(
             errno(std::fs::write(&path, "x")),
-            Some(libc::EROFS),
+            Some(nix::libc::EROFS),
             "{} is writable",
             path.display()
         );
     }
     assert_eq!(
         errno(std::fs::rename(view.join("c1"), view.join("c2"))),
-        Some(libc::EROFS)
+        Some(nix::libc::EROFS)
     );
     // The volumes: in the view with their own flags.
     std::fs::write(view.join("c1/mounts/0/x"), "x").expect("the rw volume is writable");
@@ -155,7 +155,7 @@ fn the_view_is_read_only_at_the_top_and_receives_the_shims_mounts() {
     );
     assert_eq!(
         errno(std::fs::write(view.join("c1/mounts/1"), "y")),
-        Some(libc::EROFS)
+        Some(nix::libc::EROFS)
     );
 
     mounts.release();
