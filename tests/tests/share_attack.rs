@@ -156,14 +156,24 @@ fn attack_script(canaries: &Canaries, pod: &str, moves: &str) -> String {
 # The share itself: the attacker's own container is in it.
 [ -d $M/{pod}/rootfs ] && echo MOUNTED || {{ grep -E 'virtiofs| /m ' /proc/self/mountinfo; ls -la $M; }}
 try() {{ if "$@" 2>/dev/null; then echo "DID: $*"; else echo "REFUSED: $*"; fi; }}
+# A link AT path: what is there (a mount point) must go first; `ln -s` onto
+# an existing directory would only make a link inside it (in a writable
+# rootfs or volume, where the guest may write).
+link() {{
+  if [ -e "$2" ] || [ -L "$2" ]; then
+    try mv "$2" "$2.old"
+    if [ -e "$2" ] || [ -L "$2" ]; then echo "REFUSED: ln -s $1 $2 (in use)"; return; fi
+  fi
+  try ln -s "$1" "$2"
+}}
 plant() {{
   c=$1
   try mkdir $M/$c
   try mkdir $M/$c/mounts
-  try ln -s $C $M/$c/rootfs
+  link $C $M/$c/rootfs
   for i in $(seq 0 15); do
     case " $2 " in *" $i "*) t=$F;; *) t=$C;; esac
-    try ln -s $t $M/$c/mounts/$i
+    link $t $M/$c/mounts/$i
   done
 }}
 {moves}
@@ -358,5 +368,13 @@ plant {second} "$files""#
     assert!(
         out.contains(&format!("REFUSED: sh -c echo x > {AGENTS_SHARE}/top")),
         "{out}"
+    );
+}
+
+#[test]
+fn the_share_attack_fails_under_hull_vmm_in_the_kvm_test_host() {
+    hull_tests::kvm_host::rerun_under_hull_vmm(
+        &["a_privileged_guest_with_the_share_mounted_cannot_reach_the_host"],
+        Duration::from_secs(900),
     );
 }
