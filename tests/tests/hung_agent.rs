@@ -234,3 +234,15 @@ async fn cri_pod_teardown() {
         "the shim's log does not say why the VM was killed:\n{log}"
     );
 }
+
+#[test]
+fn a_hung_agent_cannot_wedge_a_pod_under_hull_vmm_in_the_kvm_test_host() {
+    hull_tests::kvm_host::rerun_under_hull_vmm(
+        &[
+            "ctr_kill_and_delete_end_when_the_guest_never_answers",
+            "a_task_delete_ends_when_the_guest_never_answers_the_sandbox_teardown",
+            "cri_pod_teardown_ends_and_state_answers_when_the_guest_never_answers",
+        ],
+        Duration::from_secs(900),
+    );
+}
