@@ -315,7 +315,12 @@ fn dev_kvm_and_the_hosts_sockets_are_out_of_reach() {
         PathBuf::from(&containerd_socket),
         PathBuf::from("/run/containerd/containerd.sock"),
         shim_socket,
-        pod.join("vm/vsock.uds"),
+        // The QEMU backend keeps vhost-device-vsock's sockets in a
+        // directory of their own (owned by the user it runs as).
+        [pod.join("vm/vsock/vsock.uds"), pod.join("vm/vsock.uds")]
+            .into_iter()
+            .find(|path| path.exists())
+            .unwrap_or_else(|| pod.join("vm/vsock.uds")),
         pod.join("vm/fs.sock"),
     ]
     .iter()
