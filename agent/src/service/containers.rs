@@ -44,6 +44,14 @@ impl Agent {
         let reservation = self.containers.reserve(&id)?;
         let cgroup = spec::cgroup_dir(&spec, &self.config.cgroup_root);
 
+        // libcontainer creates each missing directory of the cgroup path
+        // with a plain mkdir after an exists check, so two containers
+        // created at once race on their common parent and one fails with
+        // EEXIST. create_dir_all does not mind a parent made meanwhile.
+        if let Some(parent) = cgroup.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|err| AgentError::io(format!("creating {}", parent.display()), err))?;
+        }
         let bundle = self.bundle_dir(&id);
         std::fs::create_dir_all(&bundle)
             .map_err(|err| AgentError::io(format!("creating {}", bundle.display()), err))?;
