@@ -68,7 +68,10 @@ fn a_confined_program_runs_as_nobody_with_no_capabilities_under_the_filter() {
         assert_ne!(of(&pid.to_string()), of("self"), "{ns}");
     }
     // Everything above was read from a live process, not a dead one.
-    assert!(child.try_wait().expect("wait").is_none(), "the program died");
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the program died"
+    );
     child.kill().expect("kill");
     child.wait().expect("wait");
 }
