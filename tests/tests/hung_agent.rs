@@ -19,6 +19,7 @@ use hull_tests::cri::ContainerSpec;
 use hull_tests::faults::poll;
 use hull_tests::hull_runtime::HullRuntime;
 use hull_tests::image::BUSYBOX_IMAGE;
+use hull_tests::kvm_host::EXPECT_BACKEND;
 use hull_tests::{serial, unique_id};
 
 const NS: &str = "hull-hung";
@@ -197,17 +198,20 @@ async fn cri_pod_teardown() {
         "State of the sleeper while the quitter's RemoveContainer hangs"
     );
 
-    // At that call's deadline the shim kills the VM, and the sleeper exits
-    // with 255. The teardown starts once CRI has seen that exit: in the KVM
-    // test host a StopPodSandbox begun in the middle of the hang met CRI's
-    // own 10 s timeouts for exit events, one after the other, and took over
-    // 30 s (the ctr test above covers a Kill that meets the hang itself).
-    let exited = client.wait_exited(&sleeper, BOOT).await;
-    assert_eq!(
-        exited.as_ref().ok(),
-        Some(&VM_GONE),
-        "the sleeper, lost with the VM the shim killed: {exited:?}"
-    );
+    // Here StopPodSandbox begins while RemoveContainer hangs, and its Kill
+    // of the sleeper meets the hung SignalProcess. In the KVM test host it
+    // begins once CRI has seen the sleeper exit with 255 (the VM killed at
+    // RemoveContainer's deadline): begun in the middle of the hang there, it
+    // met containerd's own 10 s timeouts for exit events, one after the
+    // other, and took over 30 s (docs/SECURITY.md, known gaps).
+    if std::env::var_os(EXPECT_BACKEND).is_some() {
+        let exited = client.wait_exited(&sleeper, BOOT).await;
+        assert_eq!(
+            exited.as_ref().ok(),
+            Some(&VM_GONE),
+            "the sleeper, lost with the VM the shim killed: {exited:?}"
+        );
+    }
 
     let started = Instant::now();
     let stopped = tokio::time::timeout(ANSWER, client.stop_pod(&pod.id)).await;
@@ -218,6 +222,12 @@ async fn cri_pod_teardown() {
         rt.containerd.log_tail(120)
     );
     eprintln!("StopPodSandbox took {:?}", started.elapsed());
+    // The sleeper was lost with the VM the shim killed.
+    let status = client
+        .container_status(&sleeper)
+        .await
+        .expect("ContainerStatus");
+    assert_eq!(status.exit_code, VM_GONE, "{status:?}");
     let started = Instant::now();
     let removed = tokio::time::timeout(ANSWER, client.remove_pod(&pod.id)).await;
     assert!(
