@@ -181,25 +181,47 @@ impl Tasks {
         Ok(pod)
     }
 
-    /// Runs one agent call under its deadline.
+    /// Runs one agent call on `pod` under its deadline. It also ends as
+    /// soon as the VM is gone (killed for another call that went
+    /// unanswered, or dead): a call on a dead VM's transport can take until
+    /// the VMM's exit to fail, and the exits of the pod's processes wait
+    /// behind a Kill that waits on it.
     async fn call<T>(
+        pod: &dyn PodVm,
         rpc: &'static str,
         after: Duration,
         call: impl Future<Output = Result<T>>,
     ) -> Answer<T> {
-        match tokio::time::timeout(after, call).await {
-            Ok(answer) => Answer::Answered(answer),
-            Err(_) => Answer::TimedOut(ShimError::AgentTimeout { rpc, after }),
+        let mut gone = pod.gone();
+        let vm_gone = async move {
+            let reason = gone
+                .wait_for(Option::is_some)
+                .await
+                .map(|reason| reason.clone().unwrap_or_default());
+            match reason {
+                Ok(reason) => reason,
+                // The pod went without a reason: only the deadline ends
+                // the call.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            answer = tokio::time::timeout(after, call) => match answer {
+                Ok(answer) => Answer::Answered(answer),
+                Err(_) => Answer::TimedOut(ShimError::AgentTimeout { rpc, after }),
+            },
+            reason = vm_gone => Answer::Answered(Err(ShimError::VmGone(reason))),
         }
     }
 
     /// Runs one agent call under its deadline; a miss is an error.
     async fn bounded<T>(
+        pod: &dyn PodVm,
         rpc: &'static str,
         after: Duration,
         call: impl Future<Output = Result<T>>,
     ) -> Result<T> {
-        match Self::call(rpc, after, call).await {
+        match Self::call(pod, rpc, after, call).await {
             Answer::Answered(answer) => answer,
             Answer::TimedOut(err) => {
                 tracing::warn!(%err, "an agent call timed out");
@@ -278,7 +300,14 @@ impl Tasks {
     async fn stop_pod(pod: &dyn PodVm, deadlines: &Deadlines) {
         if pod.gone().borrow().is_none() {
             let agent = pod.agent();
-            match Self::call("DestroySandbox", deadlines.destroy, agent.destroy_sandbox()).await {
+            match Self::call(
+                pod,
+                "DestroySandbox",
+                deadlines.destroy,
+                agent.destroy_sandbox(),
+            )
+            .await
+            {
                 Answer::Answered(Ok(())) => {}
                 Answer::Answered(Err(err)) => tracing::warn!(%err, "tearing the sandbox down"),
                 Answer::TimedOut(err) => Self::kill_vm(pod, &err),

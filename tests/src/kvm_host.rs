@@ -105,7 +105,11 @@ fn run_once(script: &str, memory_mib: u32, timeout: Duration) -> Result<Outcome,
     let mut qemu = Helper::spawn(
         "qemu",
         Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-cpu", "max,+svm"])
+            // Two vCPUs (multi-threaded TCG, one host thread each): with one,
+            // the dying VMM's teardown, containerd, the shim and the
+            // commands containerd runs took turns on it, and containerd's
+            // own 2 s and 10 s timeouts ran out while they waited.
+            .args(["-accel", "tcg", "-cpu", "max,+svm", "-smp", "2"])
             .args(["-machine", "q35,memory-backend=mem", "-m", &memory])
             .arg("-object")
             .arg(format!(

@@ -63,6 +63,7 @@ impl Tasks {
         let agent = pod.agent();
         let created = async {
             let pid = Self::bounded(
+                pod.as_ref(),
                 "CreateContainer",
                 self.deadlines().create,
                 agent.create_container(agent_api::CreateContainerRequest {
@@ -74,6 +75,7 @@ impl Tasks {
             )
             .await?;
             let copiers = match Self::bounded(
+                pod.as_ref(),
                 "ReadOutput",
                 self.deadlines().call,
                 agent.attach_stdio(&process_id, &stdio),
@@ -83,6 +85,7 @@ impl Tasks {
                 Ok(copiers) => copiers,
                 Err(err) => {
                     let removed = Self::bounded(
+                        pod.as_ref(),
                         "RemoveContainer",
                         self.deadlines().call,
                         agent.remove_container(&id),

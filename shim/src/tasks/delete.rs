@@ -78,6 +78,7 @@ impl Tasks {
             tracing::debug!(task = %request.id, "removing the container in the guest");
             let agent = pod.agent();
             match Self::call(
+                pod.as_ref(),
                 "RemoveContainer",
                 self.deadlines().call,
                 agent.remove_container(&request.id),

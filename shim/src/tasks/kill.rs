@@ -34,6 +34,7 @@ impl Tasks {
         };
         let agent = pod.agent();
         let signalled = Self::call(
+            pod.as_ref(),
             "SignalProcess",
             self.deadlines().call,
             agent.signal_process(&id, request.signal, request.all),

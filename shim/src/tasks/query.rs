@@ -71,6 +71,7 @@ impl Tasks {
             "ResumeContainer"
         };
         Self::bounded(
+            pod.as_ref(),
             rpc,
             self.deadlines().call,
             pod.agent().set_paused(id, paused),
@@ -98,18 +99,19 @@ impl Tasks {
         Ok(())
     }
 
-    /// Checks that the task exists; answers the pod's agent, live.
-    fn agent_of(&self, id: &str) -> Result<std::sync::Arc<dyn crate::task::seam::GuestAgent>> {
+    /// Checks that the task exists; answers the live pod.
+    fn pod_of(&self, id: &str) -> Result<std::sync::Arc<dyn crate::task::seam::PodVm>> {
         container(&self.lock(), id)?;
-        Ok(self.pod()?.agent())
+        self.pod()
     }
 
     pub async fn pids(&self, id: &str) -> Result<api::PidsResponse> {
-        let agent = self.agent_of(id)?;
+        let pod = self.pod_of(id)?;
         let pids = Self::bounded(
+            pod.as_ref(),
             "ListProcesses",
             self.deadlines().call,
-            agent.list_processes(id),
+            pod.agent().list_processes(id),
         )
         .await?;
         Ok(api::PidsResponse {
@@ -125,31 +127,34 @@ impl Tasks {
     }
 
     pub async fn stats(&self, id: &str) -> Result<agent_api::StatsContainerResponse> {
-        let agent = self.agent_of(id)?;
+        let pod = self.pod_of(id)?;
         Self::bounded(
+            pod.as_ref(),
             "StatsContainer",
             self.deadlines().call,
-            agent.stats_container(id),
+            pod.agent().stats_container(id),
         )
         .await
     }
 
     pub async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<()> {
-        let agent = self.agent_of(id)?;
+        let pod = self.pod_of(id)?;
         Self::bounded(
+            pod.as_ref(),
             "UpdateContainer",
             self.deadlines().call,
-            agent.update_container(id, resources_json),
+            pod.agent().update_container(id, resources_json),
         )
         .await
     }
 
     pub async fn resize_pty(&self, id: &str, exec_id: &str, rows: u32, cols: u32) -> Result<()> {
-        let agent = self.agent_of(id)?;
+        let pod = self.pod_of(id)?;
         Self::bounded(
+            pod.as_ref(),
             "ResizeTty",
             self.deadlines().call,
-            agent.resize_tty(&process_id(id, exec_id), rows, cols),
+            pod.agent().resize_tty(&process_id(id, exec_id), rows, cols),
         )
         .await
     }
@@ -159,11 +164,12 @@ impl Tasks {
         if let Some(copiers) = self.lock().copiers.get_mut(&process) {
             copiers.close_stdin();
         }
-        let agent = self.agent_of(id)?;
+        let pod = self.pod_of(id)?;
         Self::bounded(
+            pod.as_ref(),
             "CloseStdin",
             self.deadlines().call,
-            agent.close_stdin(&process),
+            pod.agent().close_stdin(&process),
         )
         .await
     }

@@ -71,10 +71,11 @@ impl Tasks {
                     let copiers = agent.attach_stdio(&id, &stdio).await?;
                     Ok::<_, ShimError>((pid, Some(copiers)))
                 };
-                Self::bounded("ExecProcess", deadline, started).await?
+                Self::bounded(pod.as_ref(), "ExecProcess", deadline, started).await?
             }
             _ => {
                 Self::bounded(
+                    pod.as_ref(),
                     "StartContainer",
                     deadline,
                     agent.start_container(&request.id),

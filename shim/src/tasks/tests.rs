@@ -356,6 +356,46 @@ async fn a_hung_signal_process_kills_the_vm_and_every_process_exits_255() {
 }
 
 #[tokio::test]
+async fn a_hung_kill_ends_as_soon_as_the_vm_is_killed_for_another_call() {
+    // The Kill's own deadline is far away: what ends it is the VM's death
+    // (here, as when another call's deadline killed it), not its deadline.
+    let mut h = harness(Deadlines {
+        call: Duration::from_secs(30),
+        ..deadlines()
+    });
+    h.run("c1").await;
+    h.pod.agent.hang("SignalProcess");
+    let kill = tokio::spawn({
+        let tasks = h.tasks.clone();
+        async move {
+            tasks
+                .kill(api::KillRequest {
+                    id: "c1".into(),
+                    signal: 9,
+                    ..Default::default()
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!kill.is_finished());
+    h.pod
+        .kill("RemoveContainer of another task went unanswered".into());
+    within(Duration::from_secs(1), kill)
+        .await
+        .expect("the kill task")
+        .expect("a kill that the VM's death did");
+    assert_eq!(
+        h.pod.killed().as_deref(),
+        Some("RemoveContainer of another task went unanswered")
+    );
+    assert_eq!(
+        h.exits_within(1, Duration::from_secs(2)).await,
+        [("c1".to_owned(), 255)]
+    );
+}
+
+#[tokio::test]
 async fn a_hung_remove_container_kills_the_vm_and_the_delete_ends() {
     let mut h = harness(deadlines());
     h.run("c1").await;
