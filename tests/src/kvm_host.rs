@@ -39,11 +39,17 @@ pub fn artifacts() -> (PathBuf, PathBuf) {
 /// console, its CPU's registers and whether its virtiofsd was still alive,
 /// and run once more.
 pub fn run(script: &str, memory_mib: u32, timeout: Duration) -> Outcome {
-    match run_once(script, memory_mib, timeout) {
+    run_with_vcpus(script, memory_mib, 1, timeout)
+}
+
+/// [`run`] on a test host with `vcpus` vCPUs (multi-threaded TCG, one host
+/// thread each).
+pub fn run_with_vcpus(script: &str, memory_mib: u32, vcpus: u32, timeout: Duration) -> Outcome {
+    match run_once(script, memory_mib, vcpus, timeout) {
         Ok(outcome) => outcome,
         Err(hung) => {
             report_hang(&hung);
-            run_once(script, memory_mib, timeout).unwrap_or_else(|hung| panic!("{hung}"))
+            run_once(script, memory_mib, vcpus, timeout).unwrap_or_else(|hung| panic!("{hung}"))
         }
     }
 }
@@ -75,7 +81,12 @@ fn hang_log() -> PathBuf {
     crate::cache_dir().join("kvm-host/hangs.log")
 }
 
-fn run_once(script: &str, memory_mib: u32, timeout: Duration) -> Result<Outcome, String> {
+fn run_once(
+    script: &str,
+    memory_mib: u32,
+    vcpus: u32,
+    timeout: Duration,
+) -> Result<Outcome, String> {
     let (kernel, initrd) = artifacts();
     // Under /tmp on the host's root, so the test host sees it too.
     let dir = tempfile::Builder::new()
@@ -105,11 +116,14 @@ fn run_once(script: &str, memory_mib: u32, timeout: Duration) -> Result<Outcome,
     let mut qemu = Helper::spawn(
         "qemu",
         Command::new("qemu-system-x86_64")
-            // Two vCPUs (multi-threaded TCG, one host thread each): with one,
-            // the dying VMM's teardown, containerd, the shim and the
-            // commands containerd runs took turns on it, and containerd's
-            // own 2 s and 10 s timeouts ran out while they waited.
-            .args(["-accel", "tcg", "-cpu", "max,+svm", "-smp", "2"])
+            .args([
+                "-accel",
+                "tcg",
+                "-cpu",
+                "max,+svm",
+                "-smp",
+                &vcpus.to_string(),
+            ])
             .args(["-machine", "q35,memory-backend=mem", "-m", &memory])
             .arg("-object")
             .arg(format!(
@@ -235,6 +249,7 @@ pub struct Rerun<'a> {
     /// test host's overlay root.
     pub tmpfs_tmp: bool,
     pub memory_mib: u32,
+    pub vcpus: u32,
     pub timeout: Duration,
 }
 
@@ -247,6 +262,11 @@ pub const EXPECT_BACKEND: &str = "HULL_EXPECT_BACKEND";
 /// [`rerun_tests`]. Inside the test host, where the same test runs again,
 /// it does nothing.
 pub fn rerun_under_hull_vmm(tests: &[&str], timeout: Duration) {
+    rerun_under_hull_vmm_with_vcpus(tests, 1, timeout);
+}
+
+/// [`rerun_under_hull_vmm`] on a test host with `vcpus` vCPUs.
+pub fn rerun_under_hull_vmm_with_vcpus(tests: &[&str], vcpus: u32, timeout: Duration) {
     if std::env::var_os(EXPECT_BACKEND).is_some() {
         return;
     }
@@ -256,6 +276,7 @@ pub fn rerun_under_hull_vmm(tests: &[&str], timeout: Duration) {
         include_ignored: false,
         tmpfs_tmp: true,
         memory_mib: 3072,
+        vcpus,
         timeout,
     });
 }
@@ -272,14 +293,14 @@ pub fn rerun_under_hull_vmm(tests: &[&str], timeout: Duration) {
 pub fn rerun_tests(rerun: Rerun<'_>) -> String {
     let exe = std::env::current_exe().expect("test binary");
     let script = rerun_script(&rerun, &exe);
-    let mut outcome = run(&script, rerun.memory_mib, rerun.timeout);
+    let mut outcome = run_with_vcpus(&script, rerun.memory_mib, rerun.vcpus, rerun.timeout);
     if outcome.output.contains(TEST_TIMEOUT_MARK) {
         // As rare as the test host's own hangs, and handled as they are.
         report_hang(&format!(
             "a test in the KVM test host hung:\n{}",
             outcome.output
         ));
-        outcome = run(&script, rerun.memory_mib, rerun.timeout);
+        outcome = run_with_vcpus(&script, rerun.memory_mib, rerun.vcpus, rerun.timeout);
     }
     println!("{}", outcome.output);
     assert_eq!(
@@ -460,6 +481,7 @@ mod tests {
             include_ignored: false,
             tmpfs_tmp: false,
             memory_mib: 0,
+            vcpus: 1,
             timeout: Duration::from_secs(4),
         };
         let started = Instant::now();

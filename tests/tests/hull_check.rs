@@ -265,6 +265,7 @@ fn check_in_the_kvm_test_host_picks_hull_vmm_with_hardware_kvm() {
         include_ignored: true,
         tmpfs_tmp: false,
         memory_mib: 2048,
+        vcpus: 1,
         timeout: Duration::from_secs(400),
     });
     assert!(

@@ -272,12 +272,20 @@ async fn shim_state(
 
 #[test]
 fn a_hung_agent_cannot_wedge_a_pod_under_hull_vmm_in_the_kvm_test_host() {
-    hull_tests::kvm_host::rerun_under_hull_vmm(
+    // Two vCPUs: with one, the dying VMM's teardown, containerd, the shim
+    // and the commands containerd runs took turns on it, and containerd's
+    // own 2 s State and 10 s exit-handling timeouts ran out while they
+    // waited (StopPodSandbox took 20 s, and over 30 s, where two vCPUs
+    // gave 13 s). The other suites keep one for now: in the one full run
+    // with two, one boot of the faults suite's saw the guest answer no
+    // vsock connection request after its ready call (cause not found yet).
+    hull_tests::kvm_host::rerun_under_hull_vmm_with_vcpus(
         &[
             "ctr_kill_and_delete_end_when_the_guest_never_answers",
             "a_task_delete_ends_when_the_guest_never_answers_the_sandbox_teardown",
             "cri_pod_teardown_ends_and_state_answers_when_the_guest_never_answers",
         ],
+        2,
         Duration::from_secs(900),
     );
 }

@@ -285,6 +285,7 @@ fn pods_reach_each_other_with_the_hull_backend_in_the_kvm_test_host() {
         include_ignored: false,
         tmpfs_tmp: true,
         memory_mib: 3072,
+        vcpus: 1,
         timeout: Duration::from_secs(600),
     });
 }

@@ -27,6 +27,7 @@ fn the_hull_backend_runs_a_container_in_the_kvm_test_host() {
         include_ignored: true,
         tmpfs_tmp: false,
         memory_mib: 2048,
+        vcpus: 1,
         timeout: Duration::from_secs(600),
     });
     assert!(output.contains("hello from a hull-vmm guest"), "{output}");
