@@ -181,11 +181,23 @@ pub trait AgentUnderTest {
 
     /// Execs `args` in a running container and collects its output.
     async fn exec(&mut self, container_id: &str, exec_id: &str, args: &[&str]) -> Finished {
+        self.exec_process(container_id, exec_id, &crate::spec::process(args))
+            .await
+    }
+
+    /// Execs `process` (an OCI process) in a running container and collects
+    /// its output.
+    async fn exec_process(
+        &mut self,
+        container_id: &str,
+        exec_id: &str,
+        process: &Value,
+    ) -> Finished {
         self.client()
             .exec_process(api::ExecProcessRequest {
                 container_id: container_id.to_owned(),
                 exec_id: exec_id.to_owned(),
-                process_json: serde_json::to_vec(&crate::spec::process(args)).expect("json"),
+                process_json: serde_json::to_vec(process).expect("json"),
                 stdio: pipes(false),
             })
             .await

@@ -53,9 +53,11 @@ async fn output_is_complete_when_removed_right_after_wait() {
     let mut agent = TestAgent::start().await;
     let id = unique_id("drain");
     let rootfs = agent.rootfs(&id);
-    // A background child keeps stdout open after the main process exits, so
-    // the last line only arrives after the exit.
-    let script = "(sleep 0.3; echo late) & echo early";
+    // The last 64 KiB still sit in the pipe when the process exits (it may
+    // exit once they fit in the pipe's buffer): they are read after the exit.
+    // (A child cannot write after the exit: the init's exit takes the rest of
+    // the container along, as with runc.)
+    let script = "echo early; exec head -c 65536 /dev/zero";
     let spec = spec::container(&["sh", "-c", script], "", &[spec::Namespace::new("mount")]);
     let stdout_only = Some(api::Stdio {
         stdout: true,
@@ -69,8 +71,10 @@ async fn output_is_complete_when_removed_right_after_wait() {
     agent.start_container(&id).await.expect("start");
     let wait = agent.wait(&id, "").await;
     agent.remove(&id, true).await.expect("remove");
-    assert_eq!(stdout.await.expect("reader"), b"early\nlate\n");
-    assert_eq!(wait.stdout_bytes, 11);
+    let output = stdout.await.expect("reader");
+    assert_eq!(output.len(), 6 + 65536);
+    assert!(output.starts_with(b"early\n"));
+    assert_eq!(wait.stdout_bytes, 6 + 65536);
 }
 
 #[tokio::test]
@@ -373,4 +377,152 @@ async fn the_spec_sets_user_env_cwd_rlimits_capabilities_and_seccomp() {
         .await;
     assert_eq!(finished.stdout_text(), "mkdir-allowed\n");
     agent.remove(&id, false).await.expect("remove");
+}
+
+/// runc applies the container's seccomp profile to every exec; libcontainer's
+/// exec leaves it out, and the agent applies it (agent/src/runtime/
+/// exec_seccomp.rs). Without `noNewPrivileges` that takes capabilities the
+/// process may not have, which must be gone before the payload runs.
+#[tokio::test]
+async fn an_exec_runs_under_the_containers_seccomp_profile_with_only_its_own_capabilities() {
+    let mut agent = TestAgent::start().await;
+    let id = unique_id("execsec");
+    let rootfs = agent.rootfs(&id);
+    let mut container = spec::simple(&["sleep", "1000"]);
+    container["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{ "names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO" }],
+    });
+    agent
+        .create(&id, &container, &rootfs, pipes(false))
+        .await
+        .expect("create");
+    agent.start_container(&id).await.expect("start");
+    let script = "grep -E '^(Seccomp|CapEff|CapPrm|CapBnd):' /proc/self/status | tr -d '\\t'; \
+                  mkdir /tmp/blocked 2>/dev/null && echo mkdir-allowed || echo mkdir-denied";
+
+    // Root without no_new_privileges, holding CAP_KILL only: root's execve
+    // gives it its whole bounding set, so a capability the agent granted to
+    // install the filter and failed to take back would show here.
+    let mut process = spec::process(&["sh", "-c", script]);
+    process
+        .as_object_mut()
+        .expect("process")
+        .remove("noNewPrivileges");
+    process["capabilities"] = serde_json::json!({
+        "bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"],
+    });
+    let root = agent.exec_process(&id, "root", &process).await;
+    assert_eq!(
+        root.stdout_text(),
+        "CapPrm:0000000000000020\nCapEff:0000000000000020\nCapBnd:0000000000000020\nSeccomp:2\nmkdir-denied\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&root.stderr)
+    );
+
+    // Another user, no capabilities at all.
+    process["user"] = serde_json::json!({ "uid": 1000, "gid": 1000 });
+    process["capabilities"] =
+        serde_json::json!({ "bounding": [], "effective": [], "permitted": [] });
+    let user = agent.exec_process(&id, "user", &process).await;
+    assert_eq!(
+        user.stdout_text(),
+        "CapPrm:0000000000000000\nCapEff:0000000000000000\nCapBnd:0000000000000000\nSeccomp:2\nmkdir-denied\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&user.stderr)
+    );
+
+    // With no_new_privileges and the default capabilities.
+    let nnp = agent.exec(&id, "nnp", &["sh", "-c", script]).await;
+    assert!(
+        nnp.stdout_text().ends_with("Seccomp:2\nmkdir-denied\n"),
+        "{}\nstderr: {}",
+        nnp.stdout_text(),
+        String::from_utf8_lossy(&nnp.stderr)
+    );
+    agent.remove(&id, true).await.expect("remove");
+}
+
+/// A container in another's PID namespace (a CRI pod's default) whose init
+/// leaves a child holding its stdout: when the init is killed, the rest of
+/// the container goes with it, as with runc's shim, and the init's exit is
+/// reported. Before, the child kept the output open and the exit never came.
+#[tokio::test]
+async fn the_init_s_exit_ends_the_container_when_a_child_holds_its_stdout() {
+    let mut agent = TestAgent::start().await;
+    let pause = unique_id("pidpod");
+    let rootfs = agent.rootfs(&pause);
+    let pause_pid = agent
+        .create(&pause, &spec::simple(&["sleep", "1000"]), &rootfs, None)
+        .await
+        .expect("create the pod's first container");
+    agent.start_container(&pause).await.expect("start");
+
+    let id = unique_id("holder");
+    let rootfs = agent.rootfs(&id);
+    let namespaces = [
+        spec::Namespace::join("pid", pause_pid),
+        spec::Namespace::new("mount"),
+        spec::Namespace::new("ipc"),
+        spec::Namespace::new("uts"),
+        spec::Namespace::new("network"),
+    ];
+    let script = "sleep 1000 & echo started; wait";
+    agent
+        .create(
+            &id,
+            &spec::container(&["sh", "-c", script], "", &namespaces),
+            &rootfs,
+            pipes(false),
+        )
+        .await
+        .expect("create");
+    let stdout = agent.read_output(&id, "", api::OutputStream::Stdout).await;
+    agent.start_container(&id).await.expect("start");
+    // The child is running once the container has two processes.
+    let mut processes = Vec::new();
+    for _ in 0..200 {
+        processes = agent
+            .client
+            .list_processes(api::ListProcessesRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .expect("list")
+            .into_inner()
+            .processes;
+        if processes.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(processes.len(), 2, "{processes:?}");
+
+    agent
+        .client
+        .signal_process(api::SignalProcessRequest {
+            process: process_ref(&id, ""),
+            signal: 9,
+            all: false,
+        })
+        .await
+        .expect("SIGKILL the init");
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(20), agent.wait(&id, ""))
+        .await
+        .expect("the init's exit was never reported");
+    assert_eq!(waited.exit_status, 137);
+    assert_eq!(stdout.await.expect("stdout"), b"started\n");
+    let left = agent
+        .client
+        .list_processes(api::ListProcessesRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .processes;
+    assert!(left.is_empty(), "left running: {left:?}");
+    agent.remove(&id, false).await.expect("remove");
+    agent.remove(&pause, true).await.expect("remove");
 }

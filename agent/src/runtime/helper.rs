@@ -10,9 +10,9 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::fcntl::{FcntlArg, fcntl};
-use oci_spec::runtime::LinuxResources;
+use oci_spec::runtime::{LinuxResources, Process, Spec};
 
-use super::{Operation, Request, Response, STDIO_FDS, StdioSetup};
+use super::{Operation, Request, Response, STDIO_FDS, StdioSetup, exec_seccomp};
 
 /// Entry point of `hull-agent runtime-helper`. Always exits 0 after writing a
 /// response; a failure is a [`Response::Failed`].
@@ -64,18 +64,37 @@ fn execute(request: Request) -> Result<Response, String> {
             process_json,
             stdio,
         } => {
-            let pid = with_stdio(
+            let container = load(&root, &container_id)?;
+            let spec = Spec::load(container.bundle().join("config.json")).map_err(text)?;
+            let mut process: Process =
+                serde_json::from_slice(&std::fs::read(&process_json).map_err(text)?)
+                    .map_err(text)?;
+            let seccomp = exec_seccomp::prepare(&spec, &mut process).map_err(text)?;
+            let mut builder = with_stdio(
                 ContainerBuilder::new(container_id, SyscallType::Linux),
                 &stdio,
             )?
             .with_root_path(&root)
-            .map_err(text)?
-            .as_tenant()
-            .with_process(Some(process_json))
-            .with_detach(true)
-            .build()
             .map_err(text)?;
-            Ok(Response::Pid(pid.as_raw()))
+            // The process as prepared for the executor (with the
+            // capabilities it takes back before the payload runs).
+            let prepared = process_json.with_extension("seccomp.json");
+            let process_json = match seccomp {
+                Some(executor) => {
+                    builder = builder.with_executor(executor);
+                    std::fs::write(&prepared, serde_json::to_vec(&process).map_err(text)?)
+                        .map_err(text)?;
+                    &prepared
+                }
+                None => &process_json,
+            };
+            let built = builder
+                .as_tenant()
+                .with_process(Some(process_json))
+                .with_detach(true)
+                .build();
+            let _ = std::fs::remove_file(&prepared);
+            Ok(Response::Pid(built.map_err(text)?.as_raw()))
         }
         Operation::Start => load(&root, &container_id)?.start().map(done).map_err(text),
         Operation::Kill { signal, all } => {

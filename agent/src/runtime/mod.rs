@@ -12,6 +12,7 @@
 //! stderr reach it as file descriptors [`STDIO_FDS`].
 
 mod client;
+mod exec_seccomp;
 mod helper;
 
 pub use client::Runtime;

@@ -17,6 +17,31 @@ use crate::state::{Container, Process, Status};
 /// How long killed processes get to be reaped before removal gives up.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// When the container's init exits, whatever else runs in the container is
+/// killed, as runc's shim does: in a PID namespace of its own the kernel
+/// has done it already, but in the pod's (CRI's default) or the guest's a
+/// child the init left behind would run on, and holding the init's stdout
+/// it would keep the init's exit from ever being reported (its output never
+/// ends), so StopPodSandbox waited for it forever.
+fn end_with_init(container: &Arc<Container>) {
+    let init = Arc::clone(&container.init);
+    let cgroup = container.cgroup.clone();
+    let id = container.id.clone();
+    tokio::spawn(async move {
+        init.exit().await;
+        match cgroup::kill_all(&cgroup) {
+            Ok(()) => {
+                tracing::debug!(container = %id, "init exited: killed the rest of the container")
+            }
+            // Removed with the container meanwhile: nothing left to kill.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::warn!(container = %id, %err, "init exited, but the rest of the container could not be killed")
+            }
+        }
+    });
+}
+
 /// Everything CreateContainer checks before it changes anything: the id,
 /// the OCI spec and the rootfs (which is only looked at). Public for the
 /// fuzz targets, which feed it any request.
@@ -76,6 +101,7 @@ impl Agent {
         let init = Process::new(format!("{id}/init"), pid, io, self.reaper.watch(pid));
         let container = Arc::new(Container::new(id.clone(), bundle, cgroup, init));
         self.watch_oom(&container);
+        end_with_init(&container);
         reservation.commit(container);
         tracing::info!(container = %id, pid, "created");
         Ok(api::CreateContainerResponse { pid: pid as u32 })
