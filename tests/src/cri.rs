@@ -31,6 +31,9 @@ pub struct PodSpec {
     /// In the node's PID namespace (for a hull: the guest's, where the agent
     /// is PID 1); otherwise each container has its own.
     pub host_pid: bool,
+    /// Unless `host_pid`: one PID namespace for the whole pod (CRI's POD
+    /// mode) rather than one per container.
+    pub pod_pid: bool,
     /// Where container logs go; [`ContainerSpec::log_path`] is relative to it.
     pub log_directory: PathBuf,
     /// The pod's cgroup parent, as the kubelet passes its pod cgroup
@@ -53,6 +56,7 @@ impl PodSpec {
             runtime_handler: runtime_handler.into(),
             host_network: true,
             host_pid: false,
+            pod_pid: false,
             log_directory: log_directory.into(),
             cgroup_parent: String::new(),
             annotations: Vec::new(),
@@ -69,6 +73,8 @@ impl PodSpec {
             network: network as i32,
             pid: if self.host_pid {
                 cri::NamespaceMode::Node
+            } else if self.pod_pid {
+                cri::NamespaceMode::Pod
             } else {
                 cri::NamespaceMode::Container
             } as i32,
@@ -145,6 +151,8 @@ pub struct ContainerSpec {
     pub mounts: Vec<BindMount>,
     /// Capabilities added to the default set (`SYS_PTRACE`).
     pub add_capabilities: Vec<String>,
+    /// The seccomp profile; `None` leaves it to containerd (unconfined).
+    pub seccomp: Option<cri::SecurityProfile>,
 }
 
 impl ContainerSpec {
@@ -333,6 +341,7 @@ impl CriClient {
                         add_capabilities: spec.add_capabilities.clone(),
                         ..Default::default()
                     }),
+                    seccomp: spec.seccomp.clone(),
                     ..Default::default()
                 }),
                 ..Default::default()
