@@ -179,6 +179,18 @@ pub trait AgentUnderTest {
         finished
     }
 
+    /// The processes of a container, as ListProcesses answers.
+    async fn processes(&mut self, container_id: &str) -> Vec<api::ProcessInfo> {
+        self.client()
+            .list_processes(api::ListProcessesRequest {
+                container_id: container_id.to_owned(),
+            })
+            .await
+            .expect("list processes")
+            .into_inner()
+            .processes
+    }
+
     /// Execs `args` in a running container and collects its output.
     async fn exec(&mut self, container_id: &str, exec_id: &str, args: &[&str]) -> Finished {
         self.exec_process(container_id, exec_id, &crate::spec::process(args))

@@ -178,10 +178,26 @@ impl HullRuntime {
     pub async fn run_cri_pod(&self, spec: &PodSpec) -> (CriClient, Pod) {
         let mut client = CriClient::connect(self.containerd.cri_socket()).await;
         client.wait_for_test_images().await;
-        let pod = client
-            .run_pod(spec)
-            .await
-            .unwrap_or_else(|err| panic!("RunPodSandbox: {err}\n{}", self.containerd.log_tail(80)));
+        let pod = client.run_pod(spec).await.unwrap_or_else(|err| {
+            // The guest's console says what the shim could not say before
+            // CRI's deadline ran out (a boot that hangs).
+            let consoles: Vec<String> = self
+                .pod_dirs()
+                .iter()
+                .map(|dir| {
+                    format!(
+                        "console of {}:\n{}",
+                        dir.display(),
+                        crate::faults::last_lines(&dir.join("console.log"), 40)
+                    )
+                })
+                .collect();
+            panic!(
+                "RunPodSandbox: {err}\n{}\n{}",
+                self.containerd.log_tail(80),
+                consoles.join("\n")
+            )
+        });
         (client, pod)
     }
 

@@ -483,15 +483,7 @@ async fn the_init_s_exit_ends_the_container_when_a_child_holds_its_stdout() {
     // The child is running once the container has two processes.
     let mut processes = Vec::new();
     for _ in 0..200 {
-        processes = agent
-            .client
-            .list_processes(api::ListProcessesRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .expect("list")
-            .into_inner()
-            .processes;
+        processes = agent.processes(&id).await;
         if processes.len() == 2 {
             break;
         }
@@ -513,15 +505,7 @@ async fn the_init_s_exit_ends_the_container_when_a_child_holds_its_stdout() {
         .expect("the init's exit was never reported");
     assert_eq!(waited.exit_status, 137);
     assert_eq!(stdout.await.expect("stdout"), b"started\n");
-    let left = agent
-        .client
-        .list_processes(api::ListProcessesRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .processes;
+    let left = agent.processes(&id).await;
     assert!(left.is_empty(), "left running: {left:?}");
     agent.remove(&id, false).await.expect("remove");
     agent.remove(&pause, true).await.expect("remove");

@@ -242,15 +242,7 @@ async fn remove_leaves_no_process_mount_cgroup_or_state() {
     let mut pids = Vec::new();
     // Up to ten seconds: the machine may be busy with other suites.
     for _ in 0..500 {
-        pids = agent
-            .client
-            .list_processes(api::ListProcessesRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .expect("list")
-            .into_inner()
-            .processes;
+        pids = agent.processes(&id).await;
         // `sh` shows until it has exec'd the last sleep.
         if pids.len() == 3 && pids.iter().all(|p| p.command == "sleep") {
             break;
