@@ -20,6 +20,8 @@ pub mod leftovers;
 pub mod net;
 pub mod process;
 pub mod qemu;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 pub mod timeline;
 mod virtiofsd;
 pub mod vm;

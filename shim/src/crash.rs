@@ -45,17 +45,7 @@ mod tests {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("spawn");
-        // spawn returns once the exec began, before the kernel published
-        // the new arguments: until then /proc shows none.
-        let cmdline = format!("/proc/{}/cmdline", helper.id());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !std::fs::read(&cmdline).is_ok_and(|args| {
-            args.windows(log.as_os_str().len())
-                .any(|part| part == log.as_os_str().as_encoded_bytes())
-        }) {
-            assert!(Instant::now() < deadline, "tail never showed its arguments");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        hull_hypervisor::test_support::wait_until_listed_with(helper.id(), log.as_os_str());
         let mut reported = Vec::new();
         clean_up_after_crash(pod.path(), |killed| reported = killed.to_vec());
         assert_eq!(reported, [format!("tail (pid {})", helper.id())]);
