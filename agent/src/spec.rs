@@ -101,6 +101,46 @@ pub fn container_spec(
     Ok(spec)
 }
 
+/// Takes the `net.*` sysctls out of a spec that has no network namespace
+/// of its own: the pod's network is the guest's (the shim drops the pod's
+/// namespace path, which is the host's), so they belong to the guest's
+/// namespace, where [`crate::sysctl::apply`] writes them. libcontainer
+/// would refuse them there, as runc refuses them in a host's namespace.
+/// Answers them with their keys checked (see [`crate::sysctl::check_key`]).
+pub fn take_guest_net_sysctls(spec: &mut Spec) -> Result<Vec<(String, String)>> {
+    let Some(linux) = spec.linux().as_ref() else {
+        return Ok(Vec::new());
+    };
+    let own_network = linux.namespaces().as_ref().is_some_and(|namespaces| {
+        namespaces
+            .iter()
+            .any(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+    });
+    let Some(sysctls) = linux.sysctl().clone() else {
+        return Ok(Vec::new());
+    };
+    if own_network {
+        return Ok(Vec::new());
+    }
+    let (net, rest): (Vec<_>, Vec<_>) = sysctls
+        .into_iter()
+        .partition(|(key, _)| key.replace('/', ".").starts_with("net."));
+    if net.is_empty() {
+        return Ok(Vec::new());
+    }
+    for (key, _) in &net {
+        crate::sysctl::check_key(key).map_err(|reason| {
+            AgentError::invalid(format!("oci_spec_json.linux.sysctl.{key}"), reason)
+        })?;
+    }
+    let mut linux = linux.clone();
+    linux.set_sysctl(Some(rest.into_iter().collect()));
+    spec.set_linux(Some(linux));
+    let mut net: Vec<(String, String)> = net;
+    net.sort();
+    Ok(net)
+}
+
 /// The container's cgroup directory under `cgroup_root`.
 pub fn cgroup_dir(spec: &Spec, cgroup_root: &Path) -> PathBuf {
     let relative = spec
@@ -167,6 +207,52 @@ mod tests {
         assert_eq!(
             err,
             "oci_spec_json.process.args: must name the program to run"
+        );
+    }
+
+    #[test]
+    fn net_sysctls_go_to_the_guest_only_without_a_network_namespace() {
+        let dir = rootfs();
+        let root = dir.path().to_str().expect("utf-8");
+        let spec_with = |namespaces: &str| {
+            container_spec(
+                "c",
+                format!(
+                    r#"{{"ociVersion":"1.0.2","process":{{"args":["sh"],"cwd":"/","user":{{"uid":0,"gid":0}}}},
+                    "linux":{{"namespaces":[{namespaces}],"sysctl":{{"net.ipv4.ip_unprivileged_port_start":"500","kernel.shm_rmid_forced":"1","net/core/somaxconn":"512"}}}}}}"#
+                )
+                .as_bytes(),
+                root,
+                false,
+            )
+            .expect("valid spec")
+        };
+        let mut shared = spec_with(r#"{"type":"ipc"}"#);
+        assert_eq!(
+            take_guest_net_sysctls(&mut shared).expect("taken"),
+            [
+                (
+                    "net.ipv4.ip_unprivileged_port_start".to_owned(),
+                    "500".to_owned()
+                ),
+                ("net/core/somaxconn".to_owned(), "512".to_owned())
+            ]
+        );
+        let left = shared.linux().as_ref().and_then(|l| l.sysctl().clone());
+        assert_eq!(
+            left.expect("the rest stays")
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [("kernel.shm_rmid_forced".to_owned(), "1".to_owned())]
+        );
+        let mut own = spec_with(r#"{"type":"ipc"},{"type":"network"}"#);
+        assert!(take_guest_net_sysctls(&mut own).expect("none").is_empty());
+        assert_eq!(
+            own.linux()
+                .as_ref()
+                .and_then(|l| l.sysctl().as_ref())
+                .map(|s| s.len()),
+            Some(3)
         );
     }
 

@@ -60,6 +60,8 @@ struct File {
     default_memory_mib: Option<u32>,
     max_vcpus: Option<u32>,
     max_memory_mib: Option<u32>,
+    pod_overhead_memory_mib: Option<u32>,
+    pod_overhead_cpu_millis: Option<u32>,
     default_pids_limit: Option<u32>,
     log_level: Option<String>,
     state_dir: Option<PathBuf>,
@@ -79,6 +81,11 @@ pub struct Config {
     pub default_memory_mib: u32,
     pub max_vcpus: u32,
     pub max_memory_mib: u32,
+    /// The RuntimeClass's `overhead.podFixed` (memory, and CPU in
+    /// millicores): the kubelet adds it to the pod cgroup's limits, and the
+    /// VM is sized from those limits less it.
+    pub pod_overhead_memory_mib: u32,
+    pub pod_overhead_cpu_millis: u32,
     /// `pids.max` of every container whose spec sets no pids limit; 0 for
     /// none. The kubelet's pod pids limit bounds only the host's side of a
     /// pod (shim, VMM), never the processes in its guest.
@@ -107,6 +114,8 @@ impl Default for Config {
             default_memory_mib: 512,
             max_vcpus: 8,
             max_memory_mib: 16384,
+            pod_overhead_memory_mib: 96,
+            pod_overhead_cpu_millis: 100,
             default_pids_limit: 4096,
             log_level: "info".into(),
             state_dir: PathBuf::from("/run/hull"),
@@ -145,6 +154,12 @@ impl Config {
                 .unwrap_or(defaults.default_memory_mib),
             max_vcpus: file.max_vcpus.unwrap_or(defaults.max_vcpus),
             max_memory_mib: file.max_memory_mib.unwrap_or(defaults.max_memory_mib),
+            pod_overhead_memory_mib: file
+                .pod_overhead_memory_mib
+                .unwrap_or(defaults.pod_overhead_memory_mib),
+            pod_overhead_cpu_millis: file
+                .pod_overhead_cpu_millis
+                .unwrap_or(defaults.pod_overhead_cpu_millis),
             default_pids_limit: file
                 .default_pids_limit
                 .unwrap_or(defaults.default_pids_limit),
@@ -236,18 +251,36 @@ impl Config {
                 ),
             ));
         }
-        if !(64..=1_048_576).contains(&self.max_memory_mib) {
+        if !(MIN_MEMORY_MIB..=1_048_576).contains(&self.max_memory_mib) {
             return Err(ConfigError::invalid(
                 "max_memory_mib",
                 format!("{} is not between 64 and 1048576", self.max_memory_mib),
             ));
         }
-        if !(64..=self.max_memory_mib).contains(&self.default_memory_mib) {
+        if !(MIN_MEMORY_MIB..=self.max_memory_mib).contains(&self.default_memory_mib) {
             return Err(ConfigError::invalid(
                 "default_memory_mib",
                 format!(
                     "{} is not between 64 and max_memory_mib ({})",
                     self.default_memory_mib, self.max_memory_mib
+                ),
+            ));
+        }
+        if self.pod_overhead_memory_mib > self.max_memory_mib {
+            return Err(ConfigError::invalid(
+                "pod_overhead_memory_mib",
+                format!(
+                    "{} is more than max_memory_mib ({})",
+                    self.pod_overhead_memory_mib, self.max_memory_mib
+                ),
+            ));
+        }
+        if self.pod_overhead_cpu_millis > self.max_vcpus * 1000 {
+            return Err(ConfigError::invalid(
+                "pod_overhead_cpu_millis",
+                format!(
+                    "{} is more than max_vcpus ({}) CPUs",
+                    self.pod_overhead_cpu_millis, self.max_vcpus
                 ),
             ));
         }
@@ -264,12 +297,13 @@ impl Config {
         Ok(())
     }
 
-    /// The pod's vCPUs and memory: the defaults, or the pod's annotations
-    /// where `enable_annotations` lets them through, within the configured
-    /// limits. An annotation that is not enabled is refused, naming it (as
-    /// Kata does), rather than ignored: the pod would otherwise run with
+    /// The vCPUs and memory a pod's annotations ask for, where
+    /// `enable_annotations` lets them through, within the configured
+    /// maxima; `None` for what they leave to the pod's limits or the
+    /// defaults. An annotation that is not enabled is refused, naming it
+    /// (as Kata does), rather than ignored: the pod would otherwise run with
     /// another size than it asked for, and nobody would know.
-    pub fn pod_size(&self, annotations: &HashMap<String, String>) -> Result<(u32, u32)> {
+    pub fn annotated_size(&self, annotations: &HashMap<String, String>) -> Result<AnnotatedSize> {
         let mut ours: Vec<&String> = annotations
             .keys()
             .filter(|key| key.starts_with(ANNOTATION_PREFIX))
@@ -292,9 +326,9 @@ impl Config {
                 ));
             }
         }
-        let read = |key: &str, default: u32, min: u32, max: u32| -> Result<u32> {
+        let read = |key: &str, min: u32, max: u32| -> Result<Option<u32>> {
             let Some(value) = annotations.get(key) else {
-                return Ok(default);
+                return Ok(None);
             };
             let number: u32 = value.trim().parse().map_err(|_| {
                 ConfigError::invalid(key, format!("{value:?} is not a whole number"))
@@ -305,18 +339,23 @@ impl Config {
                     format!("{number} is not between {min} and {max}"),
                 ));
             }
-            Ok(number)
+            Ok(Some(number))
         };
-        Ok((
-            read(VCPUS_ANNOTATION, self.default_vcpus, 1, self.max_vcpus)?,
-            read(
-                MEMORY_ANNOTATION,
-                self.default_memory_mib,
-                64,
-                self.max_memory_mib,
-            )?,
-        ))
+        Ok(AnnotatedSize {
+            vcpus: read(VCPUS_ANNOTATION, 1, self.max_vcpus)?,
+            memory_mib: read(MEMORY_ANNOTATION, MIN_MEMORY_MIB, self.max_memory_mib)?,
+        })
     }
+}
+
+/// The smallest VM Hull boots, in MiB.
+pub const MIN_MEMORY_MIB: u32 = 64;
+
+/// What a pod's `io.hull.*` annotations ask for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AnnotatedSize {
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u32>,
 }
 
 fn reason_of(err: &hull_hypervisor::VmError) -> String {
@@ -364,6 +403,8 @@ default_vcpus = 2
 default_memory_mib = 256
 max_vcpus = 4
 max_memory_mib = 1024
+pod_overhead_memory_mib = 160
+pod_overhead_cpu_millis = 250
 default_pids_limit = 100
 log_level = "debug"
 state_dir = "/run/h"
@@ -375,6 +416,13 @@ enable_annotations = ["io.hull.vcpus"]
         assert_eq!(config.backend, BackendKind::Qemu);
         assert_eq!((config.default_vcpus, config.default_memory_mib), (2, 256));
         assert_eq!((config.max_vcpus, config.max_memory_mib), (4, 1024));
+        assert_eq!(
+            (
+                config.pod_overhead_memory_mib,
+                config.pod_overhead_cpu_millis
+            ),
+            (160, 250)
+        );
         assert_eq!(config.default_pids_limit, 100);
         assert_eq!(config.state_dir, PathBuf::from("/run/h"));
         assert_eq!(
@@ -396,6 +444,14 @@ enable_annotations = ["io.hull.vcpus"]
             ("default_memory_mib = 8", "default_memory_mib"),
             ("max_vcpus = 100", "max_vcpus"),
             ("max_memory_mib = 1", "max_memory_mib"),
+            (
+                "max_memory_mib = 1024\npod_overhead_memory_mib = 2048",
+                "pod_overhead_memory_mib",
+            ),
+            (
+                "max_vcpus = 1\ndefault_vcpus = 1\npod_overhead_cpu_millis = 1500",
+                "pod_overhead_cpu_millis",
+            ),
             ("log_level = \"loud\"", "log_level"),
             ("state_dir = \"run\"", "state_dir"),
             ("agent_policy_file = \"policy.toml\"", "agent_policy_file"),
@@ -423,7 +479,7 @@ enable_annotations = ["io.hull.vcpus"]
         let config = Config::default();
         for key in ANNOTATIONS {
             let err = config
-                .pod_size(&annotations(&[(key, "2")]))
+                .annotated_size(&annotations(&[(key, "2")]))
                 .expect_err(key)
                 .to_string();
             assert!(err.starts_with(&format!("{key}: is not enabled")), "{err}");
@@ -434,12 +490,15 @@ enable_annotations = ["io.hull.vcpus"]
         };
         assert_eq!(
             only_vcpus
-                .pod_size(&annotations(&[(VCPUS_ANNOTATION, "2")]))
+                .annotated_size(&annotations(&[(VCPUS_ANNOTATION, "2")]))
                 .unwrap(),
-            (2, 512)
+            AnnotatedSize {
+                vcpus: Some(2),
+                memory_mib: None
+            }
         );
         let err = only_vcpus
-            .pod_size(&annotations(&[(MEMORY_ANNOTATION, "16384")]))
+            .annotated_size(&annotations(&[(MEMORY_ANNOTATION, "16384")]))
             .expect_err("memory is not enabled")
             .to_string();
         assert!(
@@ -447,7 +506,7 @@ enable_annotations = ["io.hull.vcpus"]
             "{err}"
         );
         let err = only_vcpus
-            .pod_size(&annotations(&[("io.hull.memory", "1024")]))
+            .annotated_size(&annotations(&[("io.hull.memory", "1024")]))
             .expect_err("unknown")
             .to_string();
         assert!(
@@ -457,9 +516,9 @@ enable_annotations = ["io.hull.vcpus"]
         // Other annotations are not Hull's business.
         assert_eq!(
             Config::default()
-                .pod_size(&annotations(&[("io.kubernetes.cri.sandbox-id", "x")]))
+                .annotated_size(&annotations(&[("io.kubernetes.cri.sandbox-id", "x")]))
                 .unwrap(),
-            (1, 512)
+            AnnotatedSize::default()
         );
     }
 
@@ -469,15 +528,21 @@ enable_annotations = ["io.hull.vcpus"]
             enable_annotations: ANNOTATIONS.iter().map(|a| (*a).to_owned()).collect(),
             ..Config::default()
         };
-        assert_eq!(config.pod_size(&annotations(&[])).unwrap(), (1, 512));
+        assert_eq!(
+            config.annotated_size(&annotations(&[])).unwrap(),
+            AnnotatedSize::default()
+        );
         assert_eq!(
             config
-                .pod_size(&annotations(&[
+                .annotated_size(&annotations(&[
                     (VCPUS_ANNOTATION, "2"),
                     (MEMORY_ANNOTATION, "1024")
                 ]))
                 .unwrap(),
-            (2, 1024)
+            AnnotatedSize {
+                vcpus: Some(2),
+                memory_mib: Some(1024)
+            }
         );
         for (key, value) in [
             (VCPUS_ANNOTATION, "0"),
@@ -487,7 +552,7 @@ enable_annotations = ["io.hull.vcpus"]
             (MEMORY_ANNOTATION, "1e9"),
         ] {
             let err = config
-                .pod_size(&annotations(&[(key, value)]))
+                .annotated_size(&annotations(&[(key, value)]))
                 .expect_err(value);
             assert!(err.to_string().starts_with(key), "{err}");
         }

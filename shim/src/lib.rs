@@ -28,6 +28,7 @@ pub mod sandbox;
 pub mod serve;
 pub mod service;
 pub mod shim;
+pub mod sizing;
 pub mod spec;
 pub mod stdio;
 pub mod task;

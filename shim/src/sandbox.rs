@@ -62,12 +62,25 @@ impl PodBooter for VmBooter {
         spec: &serde_json::Value,
     ) -> Result<Arc<dyn PodVm>> {
         let bundle = Path::new(&request.bundle);
+        crate::spec::refuse_host_namespaces(spec)?;
         let annotations = crate::spec::annotations(spec);
         let config = Config::load(&Config::path(
             config_path_option(request.options.as_ref()).as_deref(),
         ))?;
         crate::logging::set_level(&config.log_level);
-        let (vcpus, memory_mib) = config.pod_size(&annotations)?;
+        let cgroups_path = crate::spec::cgroups_path(spec)?;
+        let size = crate::sizing::size(
+            &config,
+            &crate::sizing::Inputs {
+                annotations: &annotations,
+                cgroup: crate::sizing::cgroup_limits(cgroups_path.as_deref())?,
+                from_cri: annotations.contains_key(SANDBOX_ID_ANNOTATION),
+                resources: spec.pointer("/linux/resources"),
+                host_cpus: std::thread::available_parallelism()
+                    .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
+            },
+        )?;
+        tracing::info!(vcpus = size.vcpus, vcpus_from = ?size.vcpus_from, memory_mib = size.memory_mib, memory_from = ?size.memory_from, "the pod's VM size");
         let pod_id = annotations
             .get(SANDBOX_ID_ANNOTATION)
             .cloned()
@@ -92,11 +105,11 @@ impl PodBooter for VmBooter {
             &config,
             &PodSpec {
                 id: pod_id,
-                vcpus,
-                memory_mib,
+                vcpus: size.vcpus,
+                memory_mib: size.memory_mib,
                 hostname,
                 netns: crate::spec::network_namespace(spec),
-                cgroups_path: crate::spec::cgroups_path(spec)?,
+                cgroups_path,
             },
         )
         .await?;

@@ -1,10 +1,11 @@
 //! A container's OCI spec, turned from the host's view (containerd's bundle)
 //! into the guest's.
 //!
-//! - Namespaces lose their host paths (but for CRI's PID namespace of the
-//!   sandbox, whose path names a guest pid), and the network namespace goes: the
-//!   pod's containers share the guest's network stack, the VM being the
-//!   pod's boundary.
+//! - Namespaces lose their host paths (but for CRI's PID, IPC and UTS
+//!   namespaces of the sandbox, whose paths name a guest pid), and the
+//!   network namespace goes: the pod's containers share the guest's network
+//!   stack, the VM being the pod's boundary. A pod that asks for the host's
+//!   network or IPC namespace is refused ([`refuse_host_namespaces`]).
 //! - Bind mounts and volumes are bound into the shared directory on the
 //!   host and point at the guest's view of it; read-only stays read-only on
 //!   both sides. The pod's /dev/shm becomes a tmpfs in the guest.
@@ -98,9 +99,20 @@ pub fn for_guest(spec: &mut Value, mounts: &mut ContainerMounts) -> Result<()> {
         if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
             namespaces.retain(|ns| ns.get("type").and_then(Value::as_str) != Some("network"));
             for ns in namespaces.iter_mut().filter_map(Value::as_object_mut) {
-                if !(from_cri && is_guest_pid_namespace(ns)) {
+                if !(from_cri && is_guest_sandbox_namespace(ns)) {
                     ns.remove("path");
                 }
+            }
+            // The guest's cgroups are v2, whatever the host's: there, as
+            // containerd does on a v2 host, each container gets a cgroup
+            // namespace of its own, so that /sys/fs/cgroup is its own
+            // cgroup (its limits, as runc shows them on any host) rather
+            // than the whole guest's.
+            if !namespaces
+                .iter()
+                .any(|ns| ns.get("type").and_then(Value::as_str) == Some("cgroup"))
+            {
+                namespaces.push(json!({"type": "cgroup"}));
             }
         }
     }
@@ -160,17 +172,63 @@ pub fn for_guest(spec: &mut Value, mounts: &mut ContainerMounts) -> Result<()> {
     Ok(())
 }
 
-/// CRI's shared (pod) and node PID modes join `/proc/<pid>/ns/pid` of the
-/// sandbox container, by the pid this shim reported: a guest pid, so the
-/// path means the same in the guest (for node mode, the guest's own PID
-/// namespace, where the agent is PID 1).
-fn is_guest_pid_namespace(ns: &serde_json::Map<String, Value>) -> bool {
+/// CRI's pod-shared IPC and UTS namespaces, and its shared (pod) and node
+/// PID modes, join `/proc/<pid>/ns/<type>` of the sandbox container, by the
+/// pid this shim reported: a guest pid, so the path means the same in the
+/// guest (for node PID mode, the guest's own PID namespace, where the agent
+/// is PID 1).
+fn is_guest_sandbox_namespace(ns: &serde_json::Map<String, Value>) -> bool {
     let path = ns.get("path").and_then(Value::as_str).unwrap_or_default();
-    ns.get("type").and_then(Value::as_str) == Some("pid")
-        && path
-            .strip_prefix("/proc/")
-            .and_then(|rest| rest.strip_suffix("/ns/pid"))
-            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+    let Some(kind) = ns.get("type").and_then(Value::as_str) else {
+        return false;
+    };
+    let file = match kind {
+        "pid" => "/ns/pid",
+        "ipc" => "/ns/ipc",
+        "uts" => "/ns/uts",
+        _ => return false,
+    };
+    path.strip_prefix("/proc/")
+        .and_then(|rest| rest.strip_suffix(file))
+        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Refuses a spec that asks for the host's network or IPC namespace (CRI's
+/// hostNetwork and hostIPC, `ctr run --net-host`): a VM cannot share them,
+/// and running such a pod with the guest's own instead would leave it
+/// silently without the host's ports, interfaces and shared memory it asked
+/// for. The host's PID namespace (hostPID) is the guest's root one, which
+/// is what a pod asking for it sees of its node (docs/DESIGN.md).
+pub fn refuse_host_namespaces(spec: &Value) -> Result<()> {
+    let Some(namespaces) = spec
+        .get("linux")
+        .and_then(|linux| linux.get("namespaces"))
+        .and_then(Value::as_array)
+    else {
+        return Err(ShimError::invalid(
+            "linux.namespaces",
+            "is missing: the container would share every namespace of the host, which a hull VM cannot",
+        ));
+    };
+    let has = |kind: &str| {
+        namespaces
+            .iter()
+            .any(|ns| ns.get("type").and_then(Value::as_str) == Some(kind))
+    };
+    for (kind, what) in [
+        ("network", "the host's network (hostNetwork)"),
+        ("ipc", "the host's IPC namespace (hostIPC)"),
+    ] {
+        if !has(kind) {
+            return Err(ShimError::invalid(
+                "linux.namespaces",
+                format!(
+                    "has no {kind} namespace: the pod asks for {what}, which a hull VM cannot share; run it with another runtime"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Gives a container whose spec sets no pids limit the configured default
@@ -255,7 +313,7 @@ mod tests {
         assert!(spec["linux"].get("cgroupsPath").is_none());
         assert_eq!(
             spec["linux"]["namespaces"],
-            json!([{"type": "pid"}, {"type": "ipc"}, {"type": "mount"}])
+            json!([{"type": "pid"}, {"type": "ipc"}, {"type": "mount"}, {"type": "cgroup"}])
         );
         assert_eq!(spec["mounts"][0]["type"], "proc");
         assert_eq!(spec["mounts"][1]["type"], "tmpfs");
@@ -268,7 +326,9 @@ mod tests {
                 "annotations": annotations,
                 "linux": {"namespaces": [
                     {"type": "pid", "path": "/proc/7/ns/pid"},
-                    {"type": "ipc", "path": "/proc/7/ns/ipc"}
+                    {"type": "ipc", "path": "/proc/7/ns/ipc"},
+                    {"type": "uts", "path": "/proc/7/ns/uts"},
+                    {"type": "mount", "path": "/proc/7/ns/mnt"}
                 ]}
             })
         };
@@ -278,14 +338,55 @@ mod tests {
         for_guest(&mut cri, &mut mounts).expect("rewrite");
         assert_eq!(
             cri["linux"]["namespaces"],
-            json!([{"type": "pid", "path": "/proc/7/ns/pid"}, {"type": "ipc"}])
+            json!([
+                {"type": "pid", "path": "/proc/7/ns/pid"},
+                {"type": "ipc", "path": "/proc/7/ns/ipc"},
+                {"type": "uts", "path": "/proc/7/ns/uts"},
+                {"type": "mount"},
+                {"type": "cgroup"}
+            ])
         );
         // A path given to ctr is the host's.
         let mut ctr = spec(json!({}));
         for_guest(&mut ctr, &mut mounts).expect("rewrite");
         assert_eq!(
             ctr["linux"]["namespaces"],
-            json!([{"type": "pid"}, {"type": "ipc"}])
+            json!([
+                {"type": "pid"},
+                {"type": "ipc"},
+                {"type": "uts"},
+                {"type": "mount"},
+                {"type": "cgroup"}
+            ])
+        );
+    }
+
+    #[test]
+    fn the_hosts_network_and_ipc_namespaces_are_refused_naming_the_field() {
+        let spec = |namespaces: &[&str]| {
+            let namespaces: Vec<Value> = namespaces.iter().map(|t| json!({"type": t})).collect();
+            json!({"linux": {"namespaces": namespaces}})
+        };
+        refuse_host_namespaces(&spec(&["pid", "ipc", "uts", "mount", "network"]))
+            .expect("a pod of its own");
+        // hostPID: the guest's root PID namespace.
+        refuse_host_namespaces(&spec(&["ipc", "uts", "mount", "network"])).expect("hostPID");
+        for (namespaces, names) in [
+            (&["pid", "ipc", "mount"][..], "hostNetwork"),
+            (&["pid", "uts", "mount", "network"][..], "hostIPC"),
+            (&[][..], "hostNetwork"),
+        ] {
+            let err = refuse_host_namespaces(&spec(namespaces)).expect_err(names);
+            let text = err.to_string();
+            assert!(
+                text.starts_with("linux.namespaces: ") && text.contains(names),
+                "{text}"
+            );
+        }
+        let err = refuse_host_namespaces(&json!({})).expect_err("no namespaces");
+        assert!(
+            err.to_string().starts_with("linux.namespaces: is missing"),
+            "{err}"
         );
     }
 

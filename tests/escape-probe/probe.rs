@@ -1,13 +1,16 @@
-//! Runs inside a test container (tests/tests/escapes.rs), where busybox has
-//! no way to open a Unix or vsock socket: tries each target and prints
-//! `connected` (Unix), `answered`, `closed` or `silent` (vsock, see
-//! [`vsock`]) or `refused: <error>`. Built by the test with
-//! plain `rustc` (std only, statically linked), so the busybox image needs
-//! nothing more.
+//! Runs inside a test container, for what busybox has no applet for.
+//! tests/tests/escapes.rs: opening a Unix or vsock socket; it tries each
+//! target and prints `connected` (Unix), `answered`, `closed` or `silent`
+//! (vsock, see [`vsock`]) or `refused: <error>`. tests/tests/cri_namespaces.rs:
+//! creating a SysV shared memory segment, which another container of the
+//! pod then sees in `/proc/sysvipc/shm` if it shares the IPC namespace.
+//! Built by the harness (`hull_tests::probe`) with plain `rustc` (std only,
+//! statically linked), so the busybox image needs nothing more.
 //!
 //!   probe selftest          (a socket of its own: shows that connecting works)
 //!   probe unix PATH...
 //!   probe vsock CID:PORT...
+//!   probe shm KEY           (creates a 4 KiB segment with that decimal key)
 
 use std::io::Error;
 use std::os::unix::net::UnixStream;
@@ -25,7 +28,10 @@ struct SockaddrVm {
     zero: [u8; 3],
 }
 
+const IPC_CREAT: i32 = 0o1000;
+
 unsafe extern "C" {
+    fn shmget(key: i32, size: usize, flags: i32) -> i32;
     fn socket(domain: i32, kind: i32, protocol: i32) -> i32;
     fn connect(fd: i32, addr: *const SockaddrVm, len: u32) -> i32;
     fn close(fd: i32) -> i32;
@@ -94,6 +100,17 @@ fn main() {
             Err(err) => println!("selftest: refused: {err}"),
         }
         drop(listener);
+        return;
+    }
+    if mode == "shm" {
+        let key: i32 = targets.first().and_then(|k| k.parse().ok()).expect("KEY");
+        // SAFETY: shmget takes plain integers and touches no memory of ours.
+        let id = unsafe { shmget(key, 4096, IPC_CREAT | 0o600) };
+        if id < 0 {
+            println!("shm {key}: refused: {}", Error::last_os_error());
+            std::process::exit(1);
+        }
+        println!("shm {key}: created {id}");
         return;
     }
     for target in targets {

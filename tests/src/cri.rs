@@ -34,6 +34,10 @@ pub struct PodSpec {
     /// Unless `host_pid`: one PID namespace for the whole pod (CRI's POD
     /// mode) rather than one per container.
     pub pod_pid: bool,
+    /// In the node's IPC namespace; otherwise the pod has one of its own.
+    pub host_ipc: bool,
+    /// The pod's sysctls (`securityContext.sysctls`).
+    pub sysctls: Vec<(String, String)>,
     /// Where container logs go; [`ContainerSpec::log_path`] is relative to it.
     pub log_directory: PathBuf,
     /// The pod's cgroup parent, as the kubelet passes its pod cgroup
@@ -57,6 +61,8 @@ impl PodSpec {
             host_network: true,
             host_pid: false,
             pod_pid: false,
+            host_ipc: false,
+            sysctls: Vec::new(),
             log_directory: log_directory.into(),
             cgroup_parent: String::new(),
             annotations: Vec::new(),
@@ -78,7 +84,11 @@ impl PodSpec {
             } else {
                 cri::NamespaceMode::Container
             } as i32,
-            ipc: cri::NamespaceMode::Pod as i32,
+            ipc: if self.host_ipc {
+                cri::NamespaceMode::Node
+            } else {
+                cri::NamespaceMode::Pod
+            } as i32,
             ..Default::default()
         }
     }
@@ -103,6 +113,7 @@ impl PodSpec {
             annotations: self.annotations.iter().cloned().collect(),
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: self.cgroup_parent.clone(),
+                sysctls: self.sysctls.iter().cloned().collect(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
                     namespace_options: Some(self.namespace_options()),
                     ..Default::default()
@@ -153,6 +164,9 @@ pub struct ContainerSpec {
     pub add_capabilities: Vec<String>,
     /// The seccomp profile; `None` leaves it to containerd (unconfined).
     pub seccomp: Option<cri::SecurityProfile>,
+    /// The restart count: the kubelet creates a restarted container again,
+    /// with the next attempt.
+    pub attempt: u32,
 }
 
 impl ContainerSpec {
@@ -307,7 +321,7 @@ impl CriClient {
         let config = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata {
                 name: spec.name.clone(),
-                attempt: 0,
+                attempt: spec.attempt,
             }),
             image: Some(cri::ImageSpec {
                 image: spec.image.clone(),
@@ -403,6 +417,41 @@ impl CriClient {
             stderr: String::from_utf8_lossy(&response.stderr).into_owned(),
             exit_code: response.exit_code,
         })
+    }
+
+    /// UpdateContainerResources of container `id`: its memory limit.
+    pub async fn update_memory_limit(&mut self, id: &str, bytes: i64) -> Result<(), tonic::Status> {
+        self.runtime
+            .update_container_resources(cri::UpdateContainerResourcesRequest {
+                container_id: id.into(),
+                linux: Some(cri::LinuxContainerResources {
+                    memory_limit_in_bytes: bytes,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// ReopenContainerLog of container `id`.
+    pub async fn reopen_container_log(&mut self, id: &str) -> Result<(), tonic::Status> {
+        self.runtime
+            .reopen_container_log(cri::ReopenContainerLogRequest {
+                container_id: id.into(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// RemoveContainer.
+    pub async fn remove_container(&mut self, id: &str) -> Result<(), tonic::Status> {
+        self.runtime
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.into(),
+            })
+            .await?;
+        Ok(())
     }
 
     /// ContainerStatus of container `id`.

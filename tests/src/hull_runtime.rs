@@ -54,20 +54,17 @@ impl Drop for PodsCleanup {
 
 impl HullRuntime {
     /// containerd with the hull runtime and the test images in `namespace`
-    /// (and in CRI's when `cri` is set).
+    /// (and in CRI's when `cri` is set). CRI pods get network namespaces of
+    /// their own on the CNI bridge of
+    /// [`crate::containerd::ContainerdBuilder::cni_bridge`]: the hull runtime
+    /// refuses pods on the node's network.
     pub fn start(namespace: &str, cri: bool) -> Self {
-        Self::start_with(namespace, cri, false)
-    }
-
-    /// The same for CRI, with pods in network namespaces of their own on
-    /// the CNI bridge of [`crate::containerd::ContainerdBuilder::cni_bridge`].
-    pub fn start_with_cni_bridge(namespace: &str) -> Self {
-        Self::start_with(namespace, true, true)
+        Self::start_with_config(namespace, cri, "")
     }
 
     /// [`Self::start`] with `extra` (TOML lines) added to the Hull config.
     pub fn start_with_config(namespace: &str, cri: bool, extra: &str) -> Self {
-        Self::start_with_options(namespace, cri, false, extra, crate::vm::guest_image())
+        Self::start_with_options(namespace, cri, extra, crate::vm::guest_image())
     }
 
     /// [`Self::start_with_config`] with another guest image (kernel,
@@ -78,17 +75,12 @@ impl HullRuntime {
         extra: &str,
         guest: (PathBuf, PathBuf),
     ) -> Self {
-        Self::start_with_options(namespace, cri, false, extra, guest)
-    }
-
-    fn start_with(namespace: &str, cri: bool, cni_bridge: bool) -> Self {
-        Self::start_with_options(namespace, cri, cni_bridge, "", crate::vm::guest_image())
+        Self::start_with_options(namespace, cri, extra, guest)
     }
 
     fn start_with_options(
         namespace: &str,
         cri: bool,
-        cni_bridge: bool,
         extra: &str,
         (kernel, initrd): (PathBuf, PathBuf),
     ) -> Self {
@@ -108,7 +100,7 @@ impl HullRuntime {
         )
         .expect("hull config");
         let mut builder = Containerd::builder();
-        if cni_bridge {
+        if cri {
             builder = builder.cni_bridge();
         }
         let containerd = builder
@@ -166,10 +158,12 @@ impl HullRuntime {
         });
     }
 
-    /// [`PodSpec::new`] for the hull handler, its logs beside the state
-    /// directory.
+    /// [`PodSpec::new`] for the hull handler, in a network namespace of its
+    /// own, its logs beside the state directory.
     pub fn pod_spec(&self, name: &str) -> PodSpec {
-        PodSpec::new(name, HULL_HANDLER, &self.state_dir.with_file_name("logs"))
+        let mut spec = PodSpec::new(name, HULL_HANDLER, &self.state_dir.with_file_name("logs"));
+        spec.host_network = false;
+        spec
     }
 
     /// A CRI client of this containerd, once it has the test images, and

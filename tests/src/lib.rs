@@ -13,6 +13,8 @@ pub mod image;
 pub mod kvm_host;
 pub mod leaks;
 pub mod peer;
+pub mod pod_cgroup;
+pub mod probe;
 pub mod rootfs;
 pub mod soak;
 pub mod spec;

@@ -59,7 +59,7 @@ impl Soak {
     /// A containerd for the soak, with the test images in `namespace` and
     /// CRI's.
     pub async fn start(namespace: &str) -> Self {
-        let rt = HullRuntime::start_with_cni_bridge(namespace);
+        let rt = HullRuntime::start(namespace, true);
         let mut client = CriClient::connect(rt.containerd.cri_socket()).await;
         client.wait_for_test_images().await;
         let scope = Scope::new(&rt.containerd, &rt.state_dir);

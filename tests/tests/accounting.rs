@@ -10,14 +10,17 @@
 //!   RAM than the limit leaves gets the VMM OOM-killed on the host, usage
 //!   never passes the limit, and the pod then stops and goes cleanly, its
 //!   cgroup with it.
+//!
+//! And acceptance 1 of issue 17, "Sizing": the VM is the size of the pod's
+//! cgroup (less the RuntimeClass overhead), and a pod without limits gets
+//! the configured defaults.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hull_hypervisor::cgroup::{Hierarchy, host_hierarchies};
 use hull_tests::cri::ContainerSpec;
 use hull_tests::hull_runtime::HullRuntime;
 use hull_tests::image::BUSYBOX_IMAGE;
+use hull_tests::pod_cgroup::ParentCgroup;
 use hull_tests::{serial, unique_id};
 
 const NS: &str = "hull-accounting";
@@ -33,182 +36,6 @@ const FIRST_TOUCH_MIB: u64 = 100;
 const FIRST_TOUCH_SEEN: u64 = 80 * MIB;
 /// What it touches next: far past the limit.
 const SECOND_TOUCH_MIB: u64 = 700;
-
-/// The pod's parent cgroup, made as the kubelet makes a pod's: in every
-/// hierarchy that accounts, with a memory limit. Removed when dropped.
-struct ParentCgroup {
-    name: String,
-    hierarchies: Vec<Hierarchy>,
-    /// Where the memory controller is: the v1 memory hierarchy, or v2's.
-    memory: PathBuf,
-    v2: bool,
-}
-
-impl ParentCgroup {
-    fn create(name: &str, limit: u64) -> Self {
-        let hierarchies = host_hierarchies().expect("cgroup hierarchies");
-        let mut memory = None;
-        let mut v2 = false;
-        for hierarchy in &hierarchies {
-            let dir = hierarchy.root.join(name);
-            if hierarchy.controllers.is_empty() {
-                // v2: the root must hand the memory controller down.
-                std::fs::write(hierarchy.root.join("cgroup.subtree_control"), "+memory")
-                    .expect("enabling the v2 memory controller");
-                v2 = true;
-            }
-            std::fs::create_dir(&dir).unwrap_or_else(|err| panic!("{}: {err}", dir.display()));
-            if hierarchy.controllers.iter().any(|c| c == "cpuset") {
-                for file in ["cpuset.cpus", "cpuset.mems"] {
-                    let parent = std::fs::read_to_string(hierarchy.root.join(file)).expect(file);
-                    std::fs::write(dir.join(file), parent.trim()).expect(file);
-                }
-            }
-            if hierarchy.controllers.is_empty()
-                || hierarchy.controllers.iter().any(|c| c == "memory")
-            {
-                memory = Some(dir);
-            }
-        }
-        let parent = Self {
-            name: name.to_owned(),
-            hierarchies,
-            memory: memory.expect("a hierarchy with the memory controller"),
-            v2,
-        };
-        parent.set_limit(limit);
-        parent
-    }
-
-    fn set_limit(&self, bytes: u64) {
-        let file = if self.v2 {
-            "memory.max"
-        } else {
-            "memory.limit_in_bytes"
-        };
-        std::fs::write(self.memory.join(file), bytes.to_string()).expect(file);
-    }
-
-    fn read(&self, file: &str) -> u64 {
-        std::fs::read_to_string(self.memory.join(file))
-            .unwrap_or_else(|err| panic!("{file}: {err}"))
-            .trim()
-            .parse()
-            .unwrap_or_else(|err| panic!("{file}: {err}"))
-    }
-
-    fn usage(&self) -> u64 {
-        self.read(if self.v2 {
-            "memory.current"
-        } else {
-            "memory.usage_in_bytes"
-        })
-    }
-
-    /// The most the cgroup ever used, where the kernel keeps it.
-    fn peak(&self) -> Option<u64> {
-        let file = if self.v2 {
-            "memory.peak"
-        } else {
-            "memory.max_usage_in_bytes"
-        };
-        self.memory.join(file).exists().then(|| self.read(file))
-    }
-
-    /// How many processes the kernel's OOM killer took in it. v2 counts
-    /// the whole subtree in `memory.events`; v1 counts a kill in the
-    /// victim's own cgroup (the sandbox's, below), so those are added.
-    fn oom_kills(&self) -> u64 {
-        let count = |dir: &Path, file: &str| -> u64 {
-            std::fs::read_to_string(dir.join(file))
-                .unwrap_or_default()
-                .lines()
-                .find_map(|line| line.strip_prefix("oom_kill ")?.trim().parse().ok())
-                .unwrap_or(0)
-        };
-        if self.v2 {
-            return count(&self.memory, "memory.events");
-        }
-        let below: u64 = std::fs::read_dir(&self.memory)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|entry| entry.path().is_dir())
-            .map(|entry| count(&entry.path(), "memory.oom_control"))
-            .sum();
-        count(&self.memory, "memory.oom_control") + below
-    }
-
-    /// Directories below it: the sandbox's cgroup while the pod runs.
-    fn children(&self) -> Vec<PathBuf> {
-        self.hierarchies
-            .iter()
-            .flat_map(|h| {
-                std::fs::read_dir(h.root.join(&self.name))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .filter(|entry| entry.path().is_dir())
-                    .map(|entry| entry.path())
-            })
-            .collect()
-    }
-
-    /// Fails unless process `pid` is in a cgroup below this one in every
-    /// hierarchy.
-    fn assert_holds(&self, what: &str, pid: i32) {
-        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .unwrap_or_else(|err| panic!("{what} (pid {pid}): {err}"));
-        for hierarchy in &self.hierarchies {
-            let parent = hierarchy.root.join(&self.name);
-            let cgroup = hierarchy.cgroup_of(&cgroups);
-            assert!(
-                cgroup
-                    .as_deref()
-                    .is_some_and(|dir| dir.starts_with(&parent) && dir != parent),
-                "{what} (pid {pid}) is in {cgroup:?}, not below the pod's cgroup {}:\n{cgroups}",
-                parent.display()
-            );
-        }
-    }
-}
-
-impl Drop for ParentCgroup {
-    fn drop(&mut self) {
-        for hierarchy in &self.hierarchies {
-            let dir = hierarchy.root.join(&self.name);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                // What the shim left (the test fails on it elsewhere).
-                for child in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                    if child.path().is_dir() {
-                        kill_in(&child.path());
-                        let _ = std::fs::remove_dir(child.path());
-                    }
-                }
-                kill_in(&dir);
-                match std::fs::remove_dir(&dir) {
-                    Ok(()) => break,
-                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(err) if Instant::now() >= deadline => {
-                        eprintln!("removing {}: {err}", dir.display());
-                        break;
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
-                }
-            }
-        }
-    }
-}
-
-fn kill_in(dir: &Path) {
-    let pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| line.trim().parse().ok())
-        .collect();
-    hull_tests::containerd::kill_all(&pids);
-}
 
 fn alive(pid: i32) -> bool {
     hull_tests::containerd::process_state(pid).is_some_and(|state| state != 'Z')
@@ -374,6 +201,84 @@ async fn the_vm_is_charged_to_the_pod_and_held_to_its_memory_limit() {
     );
 }
 
+/// The guest's CPUs and MemTotal (KiB), seen from a container.
+async fn guest_size(
+    client: &mut hull_tests::cri::CriClient,
+    pod: &hull_tests::cri::Pod,
+) -> (u32, u64) {
+    let sleeper = ContainerSpec::new("sizes", BUSYBOX_IMAGE, &["sleep", "1000"]);
+    let id = client
+        .run_container(pod, &sleeper)
+        .await
+        .expect("the container");
+    let seen = client
+        .exec_sync(
+            &id,
+            &["sh", "-c", "nproc; head -n 1 /proc/meminfo"],
+            Duration::from_secs(120),
+        )
+        .await
+        .expect("ExecSync");
+    assert_eq!(seen.exit_code, 0, "{seen:?}");
+    let mut words = seen.stdout.split_whitespace();
+    let cpus = words.next().and_then(|w| w.parse().ok());
+    let kib = words.nth(1).and_then(|w| w.parse().ok());
+    match (cpus, kib) {
+        (Some(cpus), Some(kib)) => (cpus, kib),
+        _ => panic!("nproc and MemTotal: {:?}", seen.stdout),
+    }
+}
+
+/// The RuntimeClass overhead the sizing test's config declares.
+const OVERHEAD_MIB: u64 = 128;
+
+/// What the guest kernel keeps for itself of the VM's memory, at most.
+const KERNEL_KEEPS_KIB: u64 = 64 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
+async fn the_vm_is_sized_from_the_pods_cgroup() {
+    let _serial = serial();
+    // A RuntimeClass overhead of 128 MiB and 250m, and the harness's
+    // 256 MiB default VM.
+    let rt = HullRuntime::start_with_config(
+        NS,
+        true,
+        &format!("pod_overhead_memory_mib = {OVERHEAD_MIB}\npod_overhead_cpu_millis = 250\n"),
+    );
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    for (what, limits) in [("limited", Some((1024 * MIB, 2000))), ("unlimited", None)] {
+        let name = unique_id("hullsize");
+        let parent = match limits {
+            Some((memory, cpu_millis)) => {
+                let parent = ParentCgroup::create(&name, memory);
+                parent.set_cpu_limit(cpu_millis);
+                parent
+            }
+            None => ParentCgroup::without_limits(&name),
+        };
+        let mut spec = rt.pod_spec(what);
+        spec.cgroup_parent = format!("/{name}");
+        let (mut client, pod) = rt.run_cri_pod(&spec).await;
+        let (cpus, mem_kib) = guest_size(&mut client, &pod).await;
+        let (want_cpus, vm_mib) = match limits {
+            // 2 CPUs, and 1 GiB less the overhead: no more vCPUs than the
+            // host has, though (the KVM test host has one: one with two
+            // wedged running this test).
+            Some(_) => (2.min(host_cpus), 1024 - OVERHEAD_MIB),
+            None => (1, u64::from(hull_tests::hull_runtime::TEST_MEMORY_MIB)),
+        };
+        eprintln!("{what} pod: {cpus} CPUs, MemTotal {mem_kib} kB (a VM of {vm_mib} MiB)");
+        assert_eq!(cpus, want_cpus, "{what}: CPUs in the guest");
+        assert!(
+            (vm_mib * 1024 - KERNEL_KEEPS_KIB..=vm_mib * 1024).contains(&mem_kib),
+            "{what}: MemTotal {mem_kib} kB in a VM that should have {vm_mib} MiB"
+        );
+        client.stop_and_remove_pod(&pod.id, &rt.containerd).await;
+        drop(parent);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::await_holding_lock)]
 async fn a_bad_cgroup_parent_fails_the_pod_naming_the_field() {
@@ -398,9 +303,12 @@ async fn a_bad_cgroup_parent_fails_the_pod_naming_the_field() {
 }
 
 #[test]
-fn the_vm_is_charged_to_the_pod_under_hull_vmm_in_the_kvm_test_host() {
+fn the_vm_is_charged_to_and_sized_from_the_pod_under_hull_vmm_in_the_kvm_test_host() {
     hull_tests::kvm_host::rerun_under_hull_vmm(
-        &["the_vm_is_charged_to_the_pod_and_held_to_its_memory_limit"],
-        Duration::from_secs(1200),
+        &[
+            "the_vm_is_charged_to_the_pod_and_held_to_its_memory_limit",
+            "the_vm_is_sized_from_the_pods_cgroup",
+        ],
+        Duration::from_secs(1500),
     );
 }

@@ -115,3 +115,32 @@ async fn seccomp_profiles_apply_to_exec_processes_as_to_the_first() {
     );
     client.stop_and_remove_pod(&pod.id, &rt.containerd).await;
 }
+
+/// The pod's sysctls show in `/proc/sys` of its containers, as with runc:
+/// Kubernetes' safe ones (`kernel.shm_rmid_forced`, which lives in the IPC
+/// namespace, and `net.ipv4.ip_unprivileged_port_start`, in the network
+/// one) and an unsafe one the node allowed (`fs.mqueue.msg_max`, IPC).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
+async fn pod_sysctls_show_in_proc_sys() {
+    let _serial = serial();
+    let rt = HullRuntime::start(NS, true);
+    let sysctls = [
+        ("kernel.shm_rmid_forced", "1"),
+        ("net.ipv4.ip_unprivileged_port_start", "500"),
+        ("fs.mqueue.msg_max", "77"),
+    ];
+    let mut spec = rt.pod_spec(&unique_id("sysctls"));
+    spec.sysctls = sysctls
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect();
+    let (mut client, pod) = rt.run_cri_pod(&spec).await;
+    let id = sleeper(&mut client, &pod, "reader", None).await;
+    for (key, value) in sysctls {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let (code, output) = exec(&mut client, &id, &format!("cat {path}")).await;
+        assert_eq!((code, output.trim()), (0, value), "{key} in the container");
+    }
+    client.stop_and_remove_pod(&pod.id, &rt.containerd).await;
+}

@@ -262,29 +262,6 @@ fn writes_through_symlinks_in_the_rootfs_stay_in_the_pods_shared_directory() {
     assert_no_leftovers(&rt);
 }
 
-/// Builds tests/escape-probe/probe.rs, statically linked so that it runs
-/// on the busybox rootfs, into `dir`.
-fn build_probe(dir: &Path) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("escape-probe/probe.rs");
-    let binary = dir.join("probe");
-    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let output = Command::new(rustc)
-        .args(["--edition", "2024", "-O", "-C", "strip=symbols"])
-        .args(["-C", "target-feature=+crt-static"])
-        .args(["--target", "x86_64-unknown-linux-gnu", "-o"])
-        .arg(&binary)
-        .arg(&source)
-        .output()
-        .expect("run rustc");
-    assert!(
-        output.status.success(),
-        "building {}: {}",
-        source.display(),
-        text(&output.stderr)
-    );
-    binary
-}
-
 #[test]
 fn dev_kvm_and_the_hosts_sockets_are_out_of_reach() {
     let _serial = serial();
@@ -292,7 +269,7 @@ fn dev_kvm_and_the_hosts_sockets_are_out_of_reach() {
     let dir = tempfile::tempdir().expect("dir");
     let probe_dir = dir.path().join("probe");
     std::fs::create_dir_all(&probe_dir).expect("probe dir");
-    build_probe(&probe_dir);
+    hull_tests::probe::build(&probe_dir);
     let containerd_socket = rt.containerd.socket().display().to_string();
     let id = unique_id("k");
     let probe_mount = format!(

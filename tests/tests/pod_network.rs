@@ -112,7 +112,7 @@ fn bridge_ports(bridge: &str) -> Vec<String> {
 #[allow(clippy::await_holding_lock)]
 async fn hull_pods_reach_a_peer_are_reached_and_reach_each_other() {
     let _serial = serial();
-    let rt = HullRuntime::start_with_cni_bridge(NS);
+    let rt = HullRuntime::start(NS, true);
     let mut client = CriClient::connect(rt.containerd.cri_socket()).await;
     client.wait_for_test_images().await;
 
@@ -221,7 +221,7 @@ async fn hull_pods_reach_a_peer_are_reached_and_reach_each_other() {
 #[allow(clippy::await_holding_lock)]
 async fn twenty_networked_pods_leave_no_tap_filter_or_namespace() {
     let _serial = serial();
-    let rt = HullRuntime::start_with_cni_bridge(NS);
+    let rt = HullRuntime::start(NS, true);
     let mut client = CriClient::connect(rt.containerd.cri_socket()).await;
     client.wait_for_test_images().await;
     let bridge = {

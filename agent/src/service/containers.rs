@@ -63,7 +63,14 @@ impl Agent {
         &self,
         request: api::CreateContainerRequest,
     ) -> Result<api::CreateContainerResponse> {
-        let spec = validate_create_container(&request)?;
+        let mut spec = validate_create_container(&request)?;
+        // Only in a guest: there the agent's network namespace is the
+        // pod's. On a host (test mode) it is the host's, and libcontainer
+        // refuses them as runc would.
+        if self.config.pid1 {
+            let sysctls = spec::take_guest_net_sysctls(&mut spec)?;
+            crate::sysctl::apply(std::path::Path::new("/proc/sys"), &sysctls)?;
+        }
         let id = request.container_id;
         let stdio = stdio_request(request.stdio.as_ref());
         let reservation = self.containers.reserve(&id)?;

@@ -34,7 +34,7 @@ async fn main() {
     // /dev/shm holds 64 MiB in both runtimes.
     let mib = number(&args, "--mib", 32u32, 48);
 
-    let rt = HullRuntime::start_with_cni_bridge("hull-bench");
+    let rt = HullRuntime::start("hull-bench", true);
     let mut client = CriClient::connect(rt.containerd.cri_socket()).await;
     client.wait_for_test_images().await;
     let logs = rt.state_dir.with_file_name("logs");

@@ -20,9 +20,11 @@
 //! - the controller-less cgroup2 of a hybrid host (/sys/fs/cgroup/unified):
 //!   it only tracks processes for systemd.
 
+mod limits;
 pub mod path;
 mod sandbox;
 
+pub use limits::PodLimits;
 pub use path::resolve;
 pub use sandbox::{Joined, SandboxCgroup};
 

@@ -164,6 +164,17 @@ fn the_runtime_class_names_the_hull_handler_with_its_overhead() {
     let cpu = string(class, "overhead.podFixed.cpu");
     let cpu = quantity(cpu).unwrap_or_else(|| panic!("cpu {cpu:?}"));
     assert!(cpu > 0.0 && cpu < 1.0, "cpu {cpu}");
+    // The shim takes the same overhead off the pod cgroup's limits when it
+    // sizes the VM (deploy/config.toml's pod_overhead_*).
+    let config = Config::default();
+    assert_eq!(
+        (
+            f64::from(config.pod_overhead_memory_mib) * 1024.0 * 1024.0,
+            f64::from(config.pod_overhead_cpu_millis) / 1000.0
+        ),
+        (memory, cpu),
+        "pod_overhead_memory_mib and pod_overhead_cpu_millis are the RuntimeClass overhead"
+    );
 
     // The nodes install.sh labels, with a string value as a selector needs.
     assert_eq!(

@@ -39,7 +39,8 @@ pub(crate) async fn io(report: &mut Report, config: &Config, client: &mut CriCli
     let mut results: HashMap<&str, HashMap<String, f64>> = HashMap::new();
     let mut failures = Vec::new();
     for (name, handler) in RUNTIMES {
-        let spec = PodSpec::new(&format!("io-{name}"), handler, logs);
+        let mut spec = PodSpec::new(&format!("io-{name}"), handler, logs);
+        spec.host_network = false;
         let pod = match client.run_pod(&spec).await {
             Ok(pod) => pod,
             Err(err) => {
