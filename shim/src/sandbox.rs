@@ -62,7 +62,9 @@ impl PodBooter for VmBooter {
         spec: &serde_json::Value,
     ) -> Result<Arc<dyn PodVm>> {
         let bundle = Path::new(&request.bundle);
+        // Before the boot, so that a pod refused boots no VM.
         crate::spec::refuse_host_namespaces(spec)?;
+        crate::spec::refuse_lsm_labels(spec)?;
         let annotations = crate::spec::annotations(spec);
         let config = Config::load(&Config::path(
             config_path_option(request.options.as_ref()).as_deref(),

@@ -10,7 +10,9 @@
 //!   host and point at the guest's view of it; read-only stays read-only on
 //!   both sides. The pod's /dev/shm becomes a tmpfs in the guest.
 //! - What only means something on the host goes: hooks, the cgroup path
-//!   (the agent picks one in the guest), LSM labels.
+//!   (the agent picks one in the guest), containerd's default AppArmor
+//!   profile. An AppArmor profile or SELinux label the pod chose is refused
+//!   ([`refuse_lsm_labels`]).
 
 use std::path::Path;
 
@@ -88,6 +90,7 @@ pub fn for_guest(spec: &mut Value, mounts: &mut ContainerMounts) -> Result<()> {
     if let Some(object) = spec.as_object_mut() {
         object.remove("hooks");
     }
+    refuse_lsm_labels(spec)?;
     if let Some(process) = spec.get_mut("process").and_then(Value::as_object_mut) {
         process.remove("apparmorProfile");
         process.remove("selinuxLabel");
@@ -168,6 +171,49 @@ pub fn for_guest(spec: &mut Value, mounts: &mut ContainerMounts) -> Result<()> {
                 ShimError::invalid(format!("mounts[{index}] ({destination})"), err.to_string())
             })?;
         entry["source"] = Value::String(guest);
+    }
+    Ok(())
+}
+
+/// The AppArmor profiles containerd applies by default, when a pod asks
+/// for none or for `runtime/default`.
+const DEFAULT_APPARMOR_PROFILES: [&str; 2] = ["cri-containerd.apparmor.d", "docker-default"];
+
+/// AppArmor and SELinux are the host kernel's: the guest kernel has
+/// neither, and a profile or policy loaded on the host cannot reach it. A
+/// profile or label the pod chose is refused, naming the field, rather than
+/// dropped. containerd's default AppArmor profile, which every container
+/// gets on an AppArmor host unless it asks otherwise, goes: its part (no
+/// mounts, no writes to /proc and /sys) is the VM boundary's, with the
+/// container's seccomp profile and capabilities, which the guest applies
+/// (docs/SECURITY.md).
+pub fn refuse_lsm_labels(spec: &Value) -> Result<()> {
+    let text = |pointer: &str| {
+        spec.pointer(pointer)
+            .and_then(Value::as_str)
+            .filter(|text| !text.is_empty())
+    };
+    if let Some(profile) = text("/process/apparmorProfile")
+        && profile != "unconfined"
+        && !DEFAULT_APPARMOR_PROFILES.contains(&profile)
+    {
+        return Err(ShimError::invalid(
+            "process.apparmorProfile",
+            format!(
+                "{profile:?}: the guest has no AppArmor, and a host profile cannot apply in it; use runtime/default or unconfined"
+            ),
+        ));
+    }
+    for (field, pointer) in [
+        ("process.selinuxLabel", "/process/selinuxLabel"),
+        ("linux.mountLabel", "/linux/mountLabel"),
+    ] {
+        if let Some(label) = text(pointer) {
+            return Err(ShimError::invalid(
+                field,
+                format!("{label:?}: the guest has no SELinux, and a host label cannot apply in it"),
+            ));
+        }
     }
     Ok(())
 }
@@ -407,6 +453,36 @@ mod tests {
             None
         );
         assert_eq!(network_namespace(&json!({})), None);
+    }
+
+    #[test]
+    fn a_chosen_apparmor_profile_or_selinux_label_is_refused_naming_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let rewrite = |mut spec: Value| {
+            for_guest(&mut spec, &mut ContainerMounts::for_tests(dir.path(), "c1")).map(|()| spec)
+        };
+        for accepted in ["cri-containerd.apparmor.d", "unconfined", ""] {
+            let spec = rewrite(json!({"process": {"apparmorProfile": accepted}}))
+                .unwrap_or_else(|err| panic!("{accepted:?}: {err}"));
+            assert!(spec["process"].get("apparmorProfile").is_none());
+        }
+        for (spec, field) in [
+            (
+                json!({"process": {"apparmorProfile": "my-profile"}}),
+                "process.apparmorProfile: \"my-profile\"",
+            ),
+            (
+                json!({"process": {"selinuxLabel": "system_u:system_r:container_t:s0"}}),
+                "process.selinuxLabel: ",
+            ),
+            (
+                json!({"linux": {"mountLabel": "system_u:object_r:container_file_t:s0"}}),
+                "linux.mountLabel: ",
+            ),
+        ] {
+            let err = rewrite(spec).expect_err(field);
+            assert!(err.to_string().starts_with(field), "{err}");
+        }
     }
 
     #[test]

@@ -536,6 +536,39 @@ async fn a_cri_pod_runs_two_containers_in_one_vm() {
     assert_no_leftovers(&rt);
 }
 
+/// What a VM cannot give a container is refused before any VM boots,
+/// naming the field: the host's network namespace (`--net-host`), and an
+/// AppArmor profile of the host's (the guest has no AppArmor; containerd's
+/// default profile, which every container gets on an AppArmor host, is the
+/// exception, docs/SECURITY.md).
+#[test]
+fn the_hosts_network_and_a_hosts_apparmor_profile_are_refused() {
+    let _serial = serial();
+    let rt = HullRuntime::start(NS, false);
+    for (flags, says) in [
+        (
+            &["--net-host"][..],
+            "linux.namespaces: has no network namespace",
+        ),
+        (
+            &["--apparmor-profile", "hull-test-profile"][..],
+            "process.apparmorProfile: \"hull-test-profile\"",
+        ),
+    ] {
+        let id = unique_id("refused");
+        let mut args = vec!["--rm"];
+        args.extend_from_slice(flags);
+        args.extend([BUSYBOX_IMAGE, id.as_str(), "true"]);
+        let output = rt.run(&args);
+        assert!(
+            !output.status.success() && text(&output.stderr).contains(says),
+            "{flags:?}: {output:?}"
+        );
+        assert!(rt.pod_dirs().is_empty(), "{flags:?}: a VM was started");
+    }
+    assert_no_leftovers(&rt);
+}
+
 #[test]
 fn the_shim_runs_pods_with_the_hull_backend_in_the_kvm_test_host() {
     kvm_host::rerun_under_hull_vmm(
