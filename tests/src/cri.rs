@@ -167,6 +167,9 @@ pub struct ContainerSpec {
     /// The restart count: the kubelet creates a restarted container again,
     /// with the next attempt.
     pub attempt: u32,
+    /// In the PID namespace of this container of the pod (CRI's TARGET
+    /// mode, as ephemeral debug containers use), rather than the pod's mode.
+    pub pid_target: Option<String>,
 }
 
 impl ContainerSpec {
@@ -350,7 +353,14 @@ impl CriClient {
             log_path: spec.log_path(),
             linux: Some(cri::LinuxContainerConfig {
                 security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: Some(pod.spec.namespace_options()),
+                    namespace_options: Some(match &spec.pid_target {
+                        Some(target) => cri::NamespaceOption {
+                            pid: cri::NamespaceMode::Target as i32,
+                            target_id: target.clone(),
+                            ..pod.spec.namespace_options()
+                        },
+                        None => pod.spec.namespace_options(),
+                    }),
                     capabilities: Some(cri::Capability {
                         add_capabilities: spec.add_capabilities.clone(),
                         ..Default::default()

@@ -24,21 +24,31 @@ const STARTED: Duration = Duration::from_secs(60);
 async fn a_stop_ends_the_container_when_a_child_holds_stdout_in_every_pid_mode() {
     let _serial = serial();
     let rt = HullRuntime::start(NS, true);
-    // (pod_pid, host_pid): container, pod, node.
-    for (mode, pod_pid, host_pid) in [
-        ("container", false, false),
-        ("pod", true, false),
-        ("node", false, true),
+    // (pod_pid, host_pid, target): container, pod, node, and another
+    // container's (target).
+    for (mode, pod_pid, host_pid, target) in [
+        ("container", false, false, false),
+        ("pod", true, false, false),
+        ("node", false, true, false),
+        ("target", false, false, true),
     ] {
         let mut spec = rt.pod_spec(&unique_id(mode));
         spec.pod_pid = pod_pid;
         spec.host_pid = host_pid;
         let (mut client, pod) = rt.run_cri_pod(&spec).await;
-        let holder = ContainerSpec::new(
+        let mut holder = ContainerSpec::new(
             "holder",
             BUSYBOX_IMAGE,
             &["sh", "-c", "sleep 1000 & echo started; wait"],
         );
+        if target {
+            let first = ContainerSpec::new("target", BUSYBOX_IMAGE, &["sleep", "1000"]);
+            let first_id = client
+                .run_container(&pod, &first)
+                .await
+                .unwrap_or_else(|err| panic!("{mode}: the target container: {err}"));
+            holder.pid_target = Some(first_id);
+        }
         let id = client
             .run_container(&pod, &holder)
             .await
@@ -52,8 +62,8 @@ async fn a_stop_ends_the_container_when_a_child_holds_stdout_in_every_pid_mode()
         .await;
         assert!(log.contains("started"), "{mode}: {log:?}");
 
-        // The child runs, with the init's stdout open (in the pod's PID
-        // namespace, the sandbox's own sleep shows too).
+        // The child runs, with the init's stdout open (in a shared PID
+        // namespace, the other containers' sleeps show too).
         let child = client
             .exec_sync(
                 &id,
