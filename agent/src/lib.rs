@@ -11,6 +11,7 @@ pub mod ids;
 pub mod init;
 pub mod network;
 pub mod policy;
+pub mod propagation;
 pub mod reaper;
 pub mod rpc;
 pub mod runtime;

@@ -92,6 +92,7 @@ pub fn container_spec(
             .build()
             .map_err(|err| AgentError::invalid(format!("{FIELD}.linux"), err.to_string()))?,
     };
+    crate::propagation::normalize_rootfs_propagation(&mut linux)?;
     if linux.cgroups_path().is_none() {
         linux.set_cgroups_path(Some(PathBuf::from(format!(
             "{CGROUP_PARENT}/{container_id}"

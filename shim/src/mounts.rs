@@ -16,10 +16,12 @@
 //! copy of `shared/` is a slave of `rw/`'s peer group from the start.
 
 pub mod fd;
+mod pod_volumes;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use containerd_shim::protos::api::Mount;
 use nix::fcntl::OFlag;
@@ -28,6 +30,7 @@ use nix::sys::stat::Mode;
 
 use crate::error::{Result, ShimError};
 use crate::pod_dir::PodDir;
+pub use pod_volumes::{GUEST_POD_TMPFS_DIR, GuestTmpfs, PodVolumes, propagates};
 
 /// Where the guest agent mounts the shared directory (the agent accepts
 /// targets below its sandbox's `shared` directory).
@@ -71,6 +74,8 @@ pub struct SharedDir {
     root: OwnedFd,
     /// What this value mounted (the view, then `host_only`), for Drop.
     mounted: Vec<PathBuf>,
+    /// The volumes whose mounts propagate, bound once for the whole pod.
+    volumes: Arc<PodVolumes>,
 }
 
 impl SharedDir {
@@ -95,6 +100,7 @@ impl SharedDir {
             host_only: host_only.clone(),
             view: view.clone(),
             mounted: Vec::new(),
+            volumes: Arc::default(),
         };
         bind(&host_only, &host_only, MsFlags::empty())?;
         shared.mounted.push(host_only.clone());
@@ -156,6 +162,7 @@ fn propagate(target: &Path, flag: MsFlags, what: &str) -> Result<()> {
 
 impl Drop for SharedDir {
     fn drop(&mut self) {
+        self.volumes.release(self.root.as_fd(), &self.host_only);
         // Lazily: a straggling user (virtiofsd) must not keep it alive.
         for target in self.mounted.drain(..) {
             if let Err(err) = fd::unmount(&target) {
@@ -185,6 +192,10 @@ pub struct ContainerMounts {
     /// Files and directories made, relative to `host_only`, in order
     /// (`true` for a directory).
     created: Vec<(PathBuf, bool)>,
+    /// The pod's volumes whose mounts propagate (see [`PodVolumes`]).
+    pod_volumes: Arc<PodVolumes>,
+    /// The pod's guest tmpfs that the spec binds.
+    pod_tmpfs: Vec<GuestTmpfs>,
 }
 
 impl ContainerMounts {
@@ -199,6 +210,8 @@ impl ContainerMounts {
             host_only: shared.host_only.clone(),
             mounted: Vec::new(),
             created: Vec::new(),
+            pod_volumes: shared.volumes.clone(),
+            pod_tmpfs: Vec::new(),
         };
         mounts.make_dir(&PodDir::container(container_id))?;
         mounts.make_dir(&PodDir::container_mounts(container_id))?;
@@ -215,6 +228,8 @@ impl ContainerMounts {
             host_only: dir.to_owned(),
             mounted: Vec::new(),
             created: Vec::new(),
+            pod_volumes: Arc::default(),
+            pod_tmpfs: Vec::new(),
         }
     }
 
@@ -303,22 +318,37 @@ impl ContainerMounts {
         Ok(guest_path(&relative))
     }
 
+    /// Binds `source` once for the whole pod, for a mount whose
+    /// propagation is shared or slave: every container that mounts it then
+    /// mounts the same guest directory, where the agent makes mounts
+    /// propagate between them. Returns its path in the guest.
+    pub fn pod_volume(&mut self, source: &Path, read_only: bool) -> Result<String> {
+        let relative =
+            self.pod_volumes
+                .bind(self.root.as_fd(), &self.host_only, source, read_only)?;
+        Ok(guest_path(&relative))
+    }
+
+    /// The pod's guest tmpfs for a bind of `source`, a host tmpfs (see
+    /// [`PodVolumes::tmpfs`]), or `None` when `source` is no tmpfs. Returns
+    /// its path in the guest.
+    pub fn pod_tmpfs(&mut self, source: &Path) -> Result<Option<String>> {
+        let Some(tmpfs) = self.pod_volumes.tmpfs(source)? else {
+            return Ok(None);
+        };
+        let target = tmpfs.target.clone();
+        self.pod_tmpfs.push(tmpfs);
+        Ok(Some(target))
+    }
+
+    /// The pod's guest tmpfs that the spec binds, for CreateContainer.
+    pub fn take_pod_tmpfs(&mut self) -> Vec<GuestTmpfs> {
+        std::mem::take(&mut self.pod_tmpfs)
+    }
+
     fn bind(&mut self, source: &Path, relative: &Path, read_only: bool) -> Result<()> {
-        let metadata = std::fs::metadata(source).map_err(ShimError::io(format!(
-            "bind mount source {}",
-            source.display()
-        )))?;
-        let tree = fd::clone_tree(source, true).map_err(ShimError::io(format!(
-            "cloning the mount at {}",
-            source.display()
-        )))?;
-        if read_only {
-            fd::make_read_only(tree.as_fd()).map_err(ShimError::io(format!(
-                "making the bind of {} read-only",
-                source.display()
-            )))?;
-        }
-        let target = if metadata.is_dir() {
+        let (tree, is_dir) = clone_source(source, read_only)?;
+        let target = if is_dir {
             self.make_dir(relative)?
         } else {
             self.make_file(relative)?
@@ -361,6 +391,27 @@ impl Drop for ContainerMounts {
     fn drop(&mut self) {
         self.release();
     }
+}
+
+/// A detached copy of the mount tree at `source` (a file or a directory,
+/// with its submounts), read-only recursively if asked, and whether it is a
+/// directory.
+fn clone_source(source: &Path, read_only: bool) -> Result<(OwnedFd, bool)> {
+    let metadata = std::fs::metadata(source).map_err(ShimError::io(format!(
+        "bind mount source {}",
+        source.display()
+    )))?;
+    let tree = fd::clone_tree(source, true).map_err(ShimError::io(format!(
+        "cloning the mount at {}",
+        source.display()
+    )))?;
+    if read_only {
+        fd::make_read_only(tree.as_fd()).map_err(ShimError::io(format!(
+            "making the bind of {} read-only",
+            source.display()
+        )))?;
+    }
+    Ok((tree, metadata.is_dir()))
 }
 
 /// The mount points at or below `dir`, from this process's mountinfo.

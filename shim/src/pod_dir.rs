@@ -9,7 +9,8 @@
 //!   console.log   the guest's serial console
 //!   vm/           the VMM's work directory (sockets, helper logs)
 //!   rw/           host-only (0700): where the shim mounts each container's
-//!                 rootfs and volumes (`<cid>/rootfs`, `<cid>/mounts/<i>`)
+//!                 rootfs and volumes (`<cid>/rootfs`, `<cid>/mounts/<i>`),
+//!                 and the pod's propagating volumes (`.volumes/<i>`)
 //!   shared/       a read-only bind of rw/, the only thing virtiofsd exports
 //! ```
 //!
@@ -110,6 +111,19 @@ impl PodDir {
     pub fn container_mount(container_id: &str, index: usize) -> PathBuf {
         Self::container_mounts(container_id).join(index.to_string())
     }
+
+    /// The directory of the pod's volumes whose mounts propagate, relative
+    /// to [`Self::host_only`]. No container id starts with a dot
+    /// (containerd's identifiers), so it is no container's directory.
+    pub fn pod_volumes() -> PathBuf {
+        PathBuf::from(".volumes")
+    }
+
+    /// The pod's `index`th propagating volume, relative to
+    /// [`Self::host_only`].
+    pub fn pod_volume(index: usize) -> PathBuf {
+        Self::pod_volumes().join(index.to_string())
+    }
 }
 
 #[cfg(test)]
@@ -129,5 +143,6 @@ mod tests {
         assert_eq!(pod.shim_pid(), Path::new("/run/hull/p1/shim.pid"));
         assert_eq!(PodDir::container_mount("c1", 3), Path::new("c1/mounts/3"));
         assert_eq!(PodDir::container_rootfs("c1"), Path::new("c1/rootfs"));
+        assert_eq!(PodDir::pod_volume(2), Path::new(".volumes/2"));
     }
 }

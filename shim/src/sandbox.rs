@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use containerd_shim::protos::api;
+use hull_proto::v1 as agent_api;
 use tokio::sync::watch;
 
 use self::agent::GrpcAgent;
@@ -171,9 +172,23 @@ impl PodVm for VmPod {
         crate::spec::limit_pids(&mut spec, pod.default_pids_limit);
         let oci_spec_json = serde_json::to_vec(&spec)
             .map_err(|err| ShimError::invalid("config.json", err.to_string()))?;
+        let pod_mounts = mounts
+            .take_pod_tmpfs()
+            .into_iter()
+            .map(|tmpfs| agent_api::SharedMount {
+                source: "shm".into(),
+                target: tmpfs.target,
+                fstype: "tmpfs".into(),
+                // tmpfs's own options: the agent passes them as mount data.
+                // nosuid, nodev and noexec are on each container's bind.
+                options: vec!["mode=1777".into(), format!("size={}", tmpfs.size_bytes)],
+                read_only: false,
+            })
+            .collect();
         Ok(Prepared {
             oci_spec_json,
             guest_rootfs,
+            pod_mounts,
             host: Box::new(mounts),
         })
     }

@@ -145,15 +145,6 @@ pub fn for_guest(spec: &mut Value, mounts: &mut ContainerMounts) -> Result<()> {
             .get("destination")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        if destination == "/dev/shm" {
-            *entry = json!({
-                "destination": "/dev/shm",
-                "type": "tmpfs",
-                "source": "shm",
-                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-            });
-            continue;
-        }
         let source = entry
             .get("source")
             .and_then(Value::as_str)
@@ -165,11 +156,34 @@ pub fn for_guest(spec: &mut Value, mounts: &mut ContainerMounts) -> Result<()> {
             ));
         }
         let read_only = options.iter().any(|o| o == "ro");
-        let guest = mounts
-            .volume(index, Path::new(source), read_only)
-            .map_err(|err| {
+        // containerd's sandbox shm or a Memory-medium emptyDir: a tmpfs of
+        // the pod in the guest, of the same size (crate::mounts::PodVolumes).
+        if destination == "/dev/shm" {
+            let tmpfs = mounts.pod_tmpfs(Path::new(source)).map_err(|err| {
                 ShimError::invalid(format!("mounts[{index}] ({destination})"), err.to_string())
             })?;
+            if let Some(guest) = tmpfs {
+                let mut options = vec!["rbind", "nosuid", "nodev", "noexec"];
+                if read_only {
+                    options.push("ro");
+                }
+                *entry = json!({
+                    "destination": "/dev/shm",
+                    "type": "bind",
+                    "source": guest,
+                    "options": options,
+                });
+                continue;
+            }
+        }
+        let guest = if crate::mounts::propagates(&options) {
+            mounts.pod_volume(Path::new(source), read_only)
+        } else {
+            mounts.volume(index, Path::new(source), read_only)
+        }
+        .map_err(|err| {
+            ShimError::invalid(format!("mounts[{index}] ({destination})"), err.to_string())
+        })?;
         entry["source"] = Value::String(guest);
     }
     Ok(())
@@ -348,7 +362,7 @@ mod tests {
             },
             "mounts": [
                 {"destination": "/proc", "type": "proc", "source": "proc"},
-                {"destination": "/dev/shm", "type": "bind", "source": "/run/containerd/shm", "options": ["rbind", "rw"]}
+                {"destination": "/dev/shm", "type": "bind", "source": "/dev/shm", "options": ["rbind", "rw"]}
             ]
         });
         let dir = tempfile::tempdir().expect("dir");
@@ -362,7 +376,19 @@ mod tests {
             json!([{"type": "pid"}, {"type": "ipc"}, {"type": "mount"}, {"type": "cgroup"}])
         );
         assert_eq!(spec["mounts"][0]["type"], "proc");
-        assert_eq!(spec["mounts"][1]["type"], "tmpfs");
+        // The host's /dev/shm is a tmpfs: the pod's own in the guest.
+        assert_eq!(
+            spec["mounts"][1],
+            json!({
+                "destination": "/dev/shm",
+                "type": "bind",
+                "source": format!("{}/0", crate::mounts::GUEST_POD_TMPFS_DIR),
+                "options": ["rbind", "nosuid", "nodev", "noexec"],
+            })
+        );
+        let tmpfs = mounts.take_pod_tmpfs();
+        assert_eq!(tmpfs.len(), 1);
+        assert_eq!(tmpfs[0].target, spec["mounts"][1]["source"]);
     }
 
     #[test]

@@ -140,11 +140,13 @@ impl Pod {
 }
 
 /// A bind mount from the host into a container.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BindMount {
     pub host_path: PathBuf,
     pub container_path: String,
     pub readonly: bool,
+    /// CRI's mount propagation (private unless set).
+    pub propagation: cri::MountPropagation,
 }
 
 /// A container to create in a pod.
@@ -170,6 +172,8 @@ pub struct ContainerSpec {
     /// In the PID namespace of this container of the pod (CRI's TARGET
     /// mode, as ephemeral debug containers use), rather than the pod's mode.
     pub pid_target: Option<String>,
+    /// Keeps stdin open, for Attach (`kubectl run -i`).
+    pub stdin: bool,
 }
 
 impl ContainerSpec {
@@ -347,10 +351,12 @@ impl CriClient {
                     container_path: mount.container_path.clone(),
                     host_path: mount.host_path.display().to_string(),
                     readonly: mount.readonly,
+                    propagation: mount.propagation as i32,
                     ..Default::default()
                 })
                 .collect(),
             log_path: spec.log_path(),
+            stdin: spec.stdin,
             linux: Some(cri::LinuxContainerConfig {
                 security_context: Some(cri::LinuxContainerSecurityContext {
                     namespace_options: Some(match &spec.pid_target {
@@ -427,6 +433,34 @@ impl CriClient {
             stderr: String::from_utf8_lossy(&response.stderr).into_owned(),
             exit_code: response.exit_code,
         })
+    }
+
+    /// ExecSync `script` under `sh -c` in container `id`, within a minute;
+    /// panics unless it exits 0. Answers its stdout.
+    pub async fn sh(&mut self, id: &str, script: &str) -> String {
+        let output = self
+            .exec_sync(id, &["sh", "-c", script], Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|err| panic!("ExecSync {script:?}: {err}"));
+        assert_eq!(output.exit_code, 0, "{script}: {output:?}");
+        output.stdout
+    }
+
+    /// Attach to container `id`'s stdin, stdout and stderr (no TTY):
+    /// answers the streaming URL (see [`crate::streaming`]).
+    pub async fn attach(&mut self, id: &str) -> Result<String, tonic::Status> {
+        Ok(self
+            .runtime
+            .attach(cri::AttachRequest {
+                container_id: id.into(),
+                stdin: true,
+                tty: false,
+                stdout: true,
+                stderr: true,
+            })
+            .await?
+            .into_inner()
+            .url)
     }
 
     /// UpdateContainerResources of container `id`: its memory limit.

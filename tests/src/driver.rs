@@ -69,6 +69,7 @@ pub trait AgentUnderTest {
                 oci_spec_json: serde_json::to_vec(spec).expect("spec json"),
                 rootfs: rootfs.display().to_string(),
                 stdio,
+                pod_mounts: Vec::new(),
             })
             .await?;
         Ok(response.into_inner().pid)

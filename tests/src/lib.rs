@@ -18,6 +18,7 @@ pub mod probe;
 pub mod rootfs;
 pub mod soak;
 pub mod spec;
+pub mod streaming;
 pub mod vm;
 
 use std::path::PathBuf;

@@ -1,26 +1,18 @@
 //! CRI calls that must behave as they do with runc (issue 17, acceptance
-//! 4): ExecSync's timeout, UpdateContainerResources, ReopenContainerLog and
-//! a container restarted within its pod. Runs under QEMU TCG here.
+//! 4): ExecSync's timeout, UpdateContainerResources, ReopenContainerLog,
+//! a container restarted within its pod, and Attach. Runs under QEMU TCG
+//! here.
 
 use std::time::{Duration, Instant};
 
-use hull_tests::cri::{self, ContainerSpec, CriClient};
+use hull_tests::cri::{self, ContainerSpec};
 use hull_tests::hull_runtime::HullRuntime;
 use hull_tests::image::BUSYBOX_IMAGE;
+use hull_tests::streaming::{self, ChannelStream};
 use hull_tests::{serial, unique_id};
 
 const NS: &str = "hull-features";
 const EXEC: Duration = Duration::from_secs(60);
-
-/// ExecSync `script` under `sh -c`; fails the test unless it exits 0.
-async fn sh(client: &mut CriClient, id: &str, script: &str) -> String {
-    let output = client
-        .exec_sync(id, &["sh", "-c", script], EXEC)
-        .await
-        .unwrap_or_else(|err| panic!("ExecSync {script:?}: {err}"));
-    assert_eq!(output.exit_code, 0, "{script}: {output:?}");
-    output.stdout
-}
 
 /// ExecSync with a timeout ends at it, as containerd ends it for runc: the
 /// call fails saying so, the exec'd process is killed, and the container
@@ -59,7 +51,9 @@ async fn exec_sync_ends_at_its_timeout_and_update_and_reopen_work() {
     assert!(took < Duration::from_secs(20), "ExecSync took {took:?}");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let left = sh(&mut client, &id, "ps -o args | grep -c '^sleep 61' || true").await;
+        let left = client
+            .sh(&id, "ps -o args | grep -c '^sleep 61' || true")
+            .await;
         if left.trim() == "0" {
             break;
         }
@@ -85,7 +79,7 @@ async fn exec_sync_ends_at_its_timeout_and_update_and_reopen_work() {
         .update_memory_limit(&id, LIMIT)
         .await
         .expect("UpdateContainerResources");
-    let limit = sh(&mut client, &id, "cat /sys/fs/cgroup/memory.max").await;
+    let limit = client.sh(&id, "cat /sys/fs/cgroup/memory.max").await;
     assert_eq!(
         limit.trim(),
         LIMIT.to_string(),
@@ -129,6 +123,7 @@ async fn a_container_restarts_within_its_pod() {
         host_path: volume.path().to_owned(),
         container_path: "/data".into(),
         readonly: false,
+        ..Default::default()
     }];
     let first_id = client.run_container(&pod, &first).await.expect("attempt 0");
     assert_eq!(client.wait_exited(&first_id, EXEC).await.expect("exits"), 0);
@@ -152,5 +147,48 @@ async fn a_container_restarts_within_its_pod() {
         .remove_container(&first_id)
         .await
         .expect("removing the first attempt");
+    client.stop_and_remove_pod(&pod.id, &rt.containerd).await;
+}
+
+/// Attach (`kubectl attach -i`, `kubectl run -i`): what the client sends
+/// reaches the container's stdin, and its stdout reaches the client and
+/// the log, as with runc.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
+async fn attach_reaches_the_containers_stdin_and_stdout() {
+    let _serial = serial();
+    let rt = HullRuntime::start(NS, true);
+    let (mut client, pod) = rt.run_cri_pod(&rt.pod_spec(&unique_id("attach"))).await;
+    let spec = ContainerSpec {
+        stdin: true,
+        ..ContainerSpec::new(
+            "echoer",
+            BUSYBOX_IMAGE,
+            &[
+                "sh",
+                "-c",
+                "echo ready; while read line; do echo got:$line; done",
+            ],
+        )
+    };
+    let id = client
+        .run_container(&pod, &spec)
+        .await
+        .expect("the container");
+    cri::wait_for_log(&pod.log_file(&spec.log_path()), "stdout", "ready", EXEC).await;
+    let url = client.attach(&id).await.expect("Attach");
+    let mut stream = ChannelStream::connect(&url).await;
+    stream.send_stdin(b"hello hull\n").await;
+    stream
+        .read_until(streaming::STDOUT, "got:hello hull", EXEC)
+        .await;
+    stream.close().await;
+    cri::wait_for_log(
+        &pod.log_file(&spec.log_path()),
+        "stdout",
+        "got:hello hull",
+        EXEC,
+    )
+    .await;
     client.stop_and_remove_pod(&pod.id, &rt.containerd).await;
 }

@@ -123,6 +123,7 @@ async fn the_containers_of_a_pod_share_its_ipc_and_uts_namespaces() {
             host_path: probe_dir.path().to_owned(),
             container_path: "/probe".into(),
             readonly: true,
+            ..Default::default()
         }];
         spec.add_capabilities = vec!["SYS_ADMIN".into()];
         ids.push(

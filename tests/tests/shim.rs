@@ -487,11 +487,13 @@ async fn a_cri_pod_runs_two_containers_in_one_vm() {
             host_path: read_only.clone(),
             container_path: "/ro".into(),
             readonly: true,
+            ..Default::default()
         },
         BindMount {
             host_path: read_write.clone(),
             container_path: "/rw".into(),
             readonly: false,
+            ..Default::default()
         },
     ];
     let volumes_id = client.run_container(&pod, &volumes).await.expect("volumes");

@@ -70,7 +70,14 @@ impl Agent {
         if self.config.pid1 {
             let sysctls = spec::take_guest_net_sysctls(&mut spec)?;
             crate::sysctl::apply(std::path::Path::new("/proc/sys"), &sysctls)?;
+            // The pod's propagating volumes, shared in the guest before a
+            // container's bind of one is made (crate::propagation).
+            let shared = self.config.sandbox_dir().join("shared");
+            for source in crate::propagation::sources(&spec, &shared) {
+                crate::propagation::make_shared(&source)?;
+            }
         }
+        self.mount_pod_mounts(&request.pod_mounts).await?;
         let id = request.container_id;
         let stdio = stdio_request(request.stdio.as_ref());
         let reservation = self.containers.reserve(&id)?;
@@ -266,6 +273,7 @@ mod tests {
                 terminal: true,
                 ..Default::default()
             }),
+            pod_mounts: Vec::new(),
         };
         let spec = validate_create_container(&request).expect("valid");
         assert_eq!(

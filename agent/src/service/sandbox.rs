@@ -83,6 +83,33 @@ impl Agent {
         })
     }
 
+    /// Mounts the pod-wide file systems a CreateContainer names that are
+    /// not mounted yet (a pod's /dev/shm), each checked as CreateSandbox's
+    /// are, all of them before any is mounted. They stay until
+    /// DestroySandbox.
+    pub(super) async fn mount_pod_mounts(&self, mounts: &[api::SharedMount]) -> Result<()> {
+        if mounts.is_empty() {
+            return Ok(());
+        }
+        let shared = self.config.sandbox_dir().join("shared");
+        for (index, mount) in mounts.iter().enumerate() {
+            check_mount(&shared, mount, &format!("pod_mounts[{index}]"))?;
+        }
+        let mut state = self.sandbox.lock().await;
+        for (index, mount) in mounts.iter().enumerate() {
+            if state
+                .mounts
+                .iter()
+                .any(|known| known == Path::new(&mount.target))
+            {
+                continue;
+            }
+            let target = mount_shared(mount, &format!("pod_mounts[{index}]"))?;
+            state.mounts.push(target);
+        }
+        Ok(())
+    }
+
     /// Removes every container, unmounts the shares and asks the server to
     /// stop once this answer is sent.
     pub async fn destroy_sandbox(&self) -> Result<api::DestroySandboxResponse> {

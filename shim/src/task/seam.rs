@@ -58,6 +58,8 @@ pub trait GuestAgent: Send + Sync + 'static {
 pub struct Prepared {
     pub oci_spec_json: Vec<u8>,
     pub guest_rootfs: String,
+    /// Pod-wide file systems the spec binds, for the agent to mount once.
+    pub pod_mounts: Vec<agent_api::SharedMount>,
     pub host: Box<dyn HostResources>,
 }
 

@@ -71,6 +71,7 @@ impl Tasks {
                     oci_spec_json: std::mem::take(&mut prepared.oci_spec_json),
                     rootfs: prepared.guest_rootfs.clone(),
                     stdio: Some(stdio.to_agent()),
+                    pod_mounts: std::mem::take(&mut prepared.pod_mounts),
                 }),
             )
             .await?;

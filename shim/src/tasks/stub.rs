@@ -236,6 +236,7 @@ impl PodVm for StubPod {
         Ok(Prepared {
             oci_spec_json: serde_json::to_vec(&spec).unwrap(),
             guest_rootfs: "/rootfs".into(),
+            pod_mounts: Vec::new(),
             host: Box::new(StubHost(Arc::clone(&self.released))),
         })
     }
