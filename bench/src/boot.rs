@@ -7,7 +7,7 @@
 //! "inside" flag; [`inside`] prints one `RESULT` line per boot, [`outside`]
 //! boots the test host and folds those lines into medians.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hull_hypervisor::host::KvmFacts;
@@ -47,19 +47,7 @@ pub fn inside(runs: usize) {
         for backend in [&hull, &qemu] {
             let dir = tempfile::tempdir().expect("dir");
             let (kernel, initrd) = hull_tests::vm::guest_image();
-            let shared_dir = dir.path().join("shared");
-            std::fs::create_dir_all(&shared_dir).expect("shared dir");
-            let config = VmConfig {
-                kernel,
-                initrd,
-                vcpus: 1,
-                memory_mib: 256,
-                shared_dir,
-                console_log: dir.path().join("console.log"),
-                work_dir: dir.path().join("w"),
-                net: Vec::new(),
-                agent_ready_port: hull_proto::v1::AGENT_READY_VSOCK_PORT,
-            };
+            let config = vm_config(dir.path(), kernel, initrd);
             let mut vm = backend.start(&config).expect("start");
             if let Err(err) = vm.wait_for_agent(AGENT_VSOCK_PORT, BOOT_TIMEOUT) {
                 // A failed boot is a result too: counted, shown, and left
@@ -106,6 +94,24 @@ pub fn inside(runs: usize) {
             );
             vm.kill();
         }
+    }
+}
+
+/// The benchmarks' VM, in `dir`: `kernel` and `initrd`, 1 vCPU, 256 MiB,
+/// an empty shared directory, no network, the agent's ready call.
+pub fn vm_config(dir: &Path, kernel: PathBuf, initrd: PathBuf) -> VmConfig {
+    let shared_dir = dir.join("shared");
+    std::fs::create_dir_all(&shared_dir).expect("shared dir");
+    VmConfig {
+        kernel,
+        initrd,
+        vcpus: 1,
+        memory_mib: 256,
+        shared_dir,
+        console_log: dir.join("console.log"),
+        work_dir: dir.join("w"),
+        net: Vec::new(),
+        agent_ready_port: hull_proto::v1::AGENT_READY_VSOCK_PORT,
     }
 }
 

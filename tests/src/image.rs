@@ -18,6 +18,31 @@ use sha2::{Digest, Sha256};
 /// The busybox image: every applet on PATH, `sh` as its command.
 pub const BUSYBOX_IMAGE: &str = "hull.test/busybox:1";
 
+/// busybox with iptables and ip6tables, nft and legacy, taken from the
+/// host's Debian packages with the libraries they load: for NET_ADMIN
+/// containers that set up a netfilter table, as istio's init does.
+pub const NET_TOOLS_IMAGE: &str = "hull.test/net-tools:1";
+
+/// What [`NET_TOOLS_IMAGE`] adds to busybox: the two multi-call binaries
+/// (their libraries follow), the extensions they load at run time, and the
+/// protocol names `iptables -L` prints.
+const NET_TOOLS_FILES: &[&str] = &[
+    "/usr/sbin/xtables-nft-multi",
+    "/usr/sbin/xtables-legacy-multi",
+    "/usr/lib/x86_64-linux-gnu/xtables",
+    "/etc/protocols",
+];
+
+/// The names the two multi-call binaries answer to, as Debian links them.
+const NET_TOOLS_LINKS: &[(&str, &str)] = &[
+    ("/usr/sbin/iptables", "xtables-nft-multi"),
+    ("/usr/sbin/ip6tables", "xtables-nft-multi"),
+    ("/usr/sbin/iptables-nft", "xtables-nft-multi"),
+    ("/usr/sbin/ip6tables-nft", "xtables-nft-multi"),
+    ("/usr/sbin/iptables-legacy", "xtables-legacy-multi"),
+    ("/usr/sbin/ip6tables-legacy", "xtables-legacy-multi"),
+];
+
 /// The pod sandbox image that the harness's containerd configures as
 /// `sandbox_image`: a shell that waits forever and exits 0 on SIGTERM.
 pub const PAUSE_IMAGE: &str = "hull.test/pause:1";
@@ -28,7 +53,7 @@ pub const PAUSE_SCRIPT: &str = "trap 'exit 0' TERM INT; while :; do sleep 1000 &
 
 /// Bumped whenever the layout this module writes changes, so cached
 /// tarballs from an older harness are not reused.
-const FORMAT: &str = "hull-test-image-v2";
+const FORMAT: &str = "hull-test-image-v3";
 
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -41,6 +66,11 @@ pub struct ImageSpec {
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
     pub env: Vec<String>,
+    /// Host files and directories copied in at the same paths, with the
+    /// shared libraries of each program among them.
+    pub host_files: Vec<PathBuf>,
+    /// Symlinks made in the image: (path, target).
+    pub links: Vec<(PathBuf, PathBuf)>,
 }
 
 /// An image tarball on disk and the name to import it as.
@@ -57,6 +87,23 @@ pub fn busybox() -> ImageTarball {
         entrypoint: vec![],
         cmd: vec!["sh".into()],
         env: vec![PATH_ENV.into()],
+        host_files: vec![],
+        links: vec![],
+    })
+}
+
+/// [`NET_TOOLS_IMAGE`], built (or taken from the cache).
+pub fn net_tools() -> ImageTarball {
+    build(&ImageSpec {
+        name: NET_TOOLS_IMAGE.into(),
+        entrypoint: vec![],
+        cmd: vec!["sh".into()],
+        env: vec![PATH_ENV.into()],
+        host_files: NET_TOOLS_FILES.iter().map(PathBuf::from).collect(),
+        links: NET_TOOLS_LINKS
+            .iter()
+            .map(|(path, target)| (PathBuf::from(path), PathBuf::from(target)))
+            .collect(),
     })
 }
 
@@ -67,6 +114,8 @@ pub fn pause() -> ImageTarball {
         entrypoint: vec!["/bin/sh".into(), "-c".into(), PAUSE_SCRIPT.into()],
         cmd: vec![],
         env: vec![PATH_ENV.into()],
+        host_files: vec![],
+        links: vec![],
     })
 }
 
@@ -81,6 +130,14 @@ pub fn build(spec: &ImageSpec) -> ImageTarball {
     key.update(&spec.name);
     key.update(serde_json::to_vec(&config).expect("config json"));
     key.update(Sha256::digest(&busybox));
+    for file in crate::rootfs::host_files(&spec.host_files) {
+        key.update(file.as_os_str().as_encoded_bytes());
+        key.update(Sha256::digest(std::fs::read(&file).expect("host file")));
+    }
+    for (path, target) in &spec.links {
+        key.update(path.as_os_str().as_encoded_bytes());
+        key.update(target.as_os_str().as_encoded_bytes());
+    }
     let key = hex(&key.finalize());
 
     let dir = crate::cache_dir().join("images");
@@ -133,6 +190,12 @@ fn write_layout_tarball(
     out: &Path,
 ) {
     crate::rootfs::busybox(rootfs);
+    crate::rootfs::add_host_files(rootfs, &spec.host_files);
+    for (path, target) in &spec.links {
+        let link = rootfs.join(path.strip_prefix("/").expect("absolute link"));
+        std::fs::create_dir_all(link.parent().expect("parent")).expect("link directory");
+        std::os::unix::fs::symlink(target, &link).expect("image symlink");
+    }
     let layer_tar = layer_tar(rootfs);
     let diff_id = format!("sha256:{}", hex(&Sha256::digest(&layer_tar)));
     let mut gz = GzEncoder::new(Vec::new(), Compression::fast());

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use hull_bench::args::{number, value};
 use hull_bench::command_output;
-use hull_bench::results::{SOAK_BEGIN, SOAK_END, with_soak_section};
+use hull_bench::results::SOAK;
 use hull_tests::leaks::{Kind, Leaks, Snapshot};
 use hull_tests::soak::{CycleError, Soak};
 
@@ -192,13 +192,13 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 fn write(config: &Config, progress: &Progress) {
     let section = section(config, progress);
     let old = std::fs::read_to_string(&config.out).unwrap_or_default();
-    std::fs::write(&config.out, with_soak_section(&old, &section))
+    std::fs::write(&config.out, SOAK.replace(&old, &section))
         .unwrap_or_else(|err| panic!("write {}: {err}", config.out.display()));
     println!("wrote {}", config.out.display());
 }
 
 fn section(config: &Config, progress: &Progress) -> String {
-    let mut lines: Vec<String> = vec![SOAK_BEGIN.to_owned()];
+    let mut lines: Vec<String> = vec![SOAK.begin.to_owned()];
     let mut line = |text: String| lines.push(text);
     line("## 6. Soak: pod create/delete cycles".into());
     line(String::new());
@@ -293,6 +293,6 @@ fn section(config: &Config, progress: &Progress) -> String {
             line(format!("- {}", short.replace('\n', " ")));
         }
     }
-    lines.push(SOAK_END.to_owned());
+    lines.push(SOAK.end.to_owned());
     lines.join("\n")
 }

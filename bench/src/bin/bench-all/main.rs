@@ -116,13 +116,10 @@ fn main() {
         started.elapsed().as_secs_f64()
     ));
     if let Some(out) = &config.out {
-        // The soak (`bench/run.sh --soak N`) has a section of its own that a
-        // full run keeps.
+        // The soak (`bench/run.sh --soak N`) and the kernel's cost
+        // (`kernel-cost`) have sections of their own that a full run keeps.
         let old = std::fs::read_to_string(out).unwrap_or_default();
-        let text = match hull_bench::results::soak_section(&old) {
-            Some(soak) => hull_bench::results::with_soak_section(&report.text(), soak),
-            None => report.text(),
-        };
+        let text = hull_bench::results::keep_sections(&old, &report.text());
         std::fs::write(out, text).unwrap_or_else(|err| panic!("write {}: {err}", out.display()));
         println!("wrote {}", out.display());
     }
