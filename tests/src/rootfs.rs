@@ -14,7 +14,9 @@ pub fn busybox(dir: &Path) -> PathBuf {
         busybox.exists(),
         "{BUSYBOX} is missing: the test set-up installs busybox-static"
     );
-    for sub in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "data", "run"] {
+    for sub in [
+        "bin", "etc", "tmp", "proc", "sys", "dev", "root", "data", "run",
+    ] {
         std::fs::create_dir_all(dir.join(sub)).expect("rootfs directory");
     }
     std::fs::copy(busybox, dir.join("bin/busybox")).expect("copy busybox");
