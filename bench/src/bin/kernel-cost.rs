@@ -94,7 +94,7 @@ fn main() {
         median(b.agent_ready.clone())
     });
     row("VMM start to agent ready, p95", &|b| {
-        percentile(b.agent_ready.clone(), 0.95)
+        percentile(b.agent_ready.clone(), 95.0)
     });
     row("VMM start to first console line, median", &|b| {
         median(b.first_console_line.clone())
