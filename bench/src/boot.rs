@@ -97,21 +97,15 @@ pub fn inside(runs: usize) {
     }
 }
 
-/// The benchmarks' VM, in `dir`: `kernel` and `initrd`, 1 vCPU, 256 MiB,
-/// an empty shared directory, no network, the agent's ready call.
+/// The benchmarks' VM, in `dir`: the tests' VM (`hull_tests::vm`) with
+/// `kernel` and `initrd`, 256 MiB, and its work directory in `dir`.
 pub fn vm_config(dir: &Path, kernel: PathBuf, initrd: PathBuf) -> VmConfig {
-    let shared_dir = dir.join("shared");
-    std::fs::create_dir_all(&shared_dir).expect("shared dir");
     VmConfig {
         kernel,
         initrd,
-        vcpus: 1,
         memory_mib: 256,
-        shared_dir,
-        console_log: dir.join("console.log"),
         work_dir: dir.join("w"),
-        net: Vec::new(),
-        agent_ready_port: hull_proto::v1::AGENT_READY_VSOCK_PORT,
+        ..hull_tests::vm::vm_config(dir)
     }
 }
 
