@@ -496,7 +496,15 @@ async fn a_cri_pod_runs_two_containers_in_one_vm() {
             ..Default::default()
         },
     ];
-    let volumes_id = client.run_container(&pod, &volumes).await.expect("volumes");
+    let volumes_id = client
+        .run_container(&pod, &volumes)
+        .await
+        .unwrap_or_else(|status| {
+            panic!(
+                "volumes: {status:?}\ncontainerd's and the shim's log:\n{}",
+                rt.containerd.log_tail(100)
+            )
+        });
     let code = client
         .wait_exited(&volumes_id, Duration::from_secs(60))
         .await
