@@ -8,9 +8,9 @@
 //! - State of another container of the pod answers while a call hangs;
 //! - the VM's processes (the pod directory's `pids`) are gone within 60 s.
 //!
-//! The shim gives each agent call a deadline; when Kill, Delete or
-//! Shutdown miss theirs it kills the VM, and every process of the pod
-//! exits with 255. Runs under QEMU TCG here.
+//! The shim gives each agent call a deadline; when Kill or Shutdown miss
+//! theirs it kills the VM, and every process of the pod exits with 255; a
+//! Delete gives up its RemoveContainer and ends. Runs under QEMU TCG here.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -174,7 +174,7 @@ async fn cri_pod_teardown() {
 
     // CRI deletes the quitter's task at once; the shim says so in its log
     // just before the RemoveContainer call that hangs. While it hangs (the
-    // shim gives it 8 s before it kills the VM), State of the sleeper,
+    // shim gives it 8 s, then the Delete ends without it), State of the sleeper,
     // asked straight on the shim's socket, answers that it runs. Through
     // `ctr task ls` the time would be mostly ctr's start and containerd's,
     // which in the KVM test host came close to those 8 s.
@@ -198,9 +198,8 @@ async fn cri_pod_teardown() {
     );
 
     // StopPodSandbox begins while RemoveContainer hangs, and its Kill of
-    // the sleeper meets the hung SignalProcess: the Kill ends as soon as
-    // RemoveContainer's deadline killed the VM, and CRI then sees the
-    // sleeper exit with 255.
+    // the sleeper meets the hung SignalProcess: the Kill's deadline kills
+    // the VM, and CRI then sees the sleeper exit with 255.
     let started = Instant::now();
     let stopped = tokio::time::timeout(ANSWER, client.stop_pod(&pod.id)).await;
     assert!(
