@@ -102,6 +102,9 @@ pub fn for_guest(spec: &mut Value, mounts: &mut ContainerMounts) -> Result<()> {
         if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
             namespaces.retain(|ns| ns.get("type").and_then(Value::as_str) != Some("network"));
             for ns in namespaces.iter_mut().filter_map(Value::as_object_mut) {
+                if from_cri {
+                    refuse_unknown_sandbox_pid(ns)?;
+                }
                 if !(from_cri && is_guest_sandbox_namespace(ns)) {
                     ns.remove("path");
                 }
@@ -253,6 +256,23 @@ fn is_guest_sandbox_namespace(ns: &serde_json::Map<String, Value>) -> bool {
         .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// CRI joins `/proc/<sandbox pid>/ns/<type>`, with the pid containerd got
+/// from the sandbox task's State. When that State ran out of containerd's
+/// 2 s (a starved host), containerd goes on with pid 0, and the guest's
+/// runtime would fail on a path that names no process with a bare ENOENT.
+fn refuse_unknown_sandbox_pid(ns: &serde_json::Map<String, Value>) -> Result<()> {
+    let path = ns.get("path").and_then(Value::as_str).unwrap_or_default();
+    if path.starts_with("/proc/0/ns/") {
+        return Err(ShimError::invalid(
+            "linux.namespaces",
+            format!(
+                "{path:?} names pid 0: containerd did not know the sandbox's pid (its State call to the shim timed out); create the container again"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses a spec that asks for the host's network or IPC namespace (CRI's
 /// hostNetwork and hostIPC, `ctr run --net-host`): a VM cannot share them,
 /// and running such a pod with the guest's own instead would leave it
@@ -389,6 +409,24 @@ mod tests {
         let tmpfs = mounts.take_pod_tmpfs();
         assert_eq!(tmpfs.len(), 1);
         assert_eq!(tmpfs[0].target, spec["mounts"][1]["source"]);
+    }
+
+    #[test]
+    fn a_cri_namespace_of_pid_0_is_refused_naming_the_field() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut mounts = ContainerMounts::for_tests(dir.path(), "c1");
+        let mut spec = json!({
+            "annotations": {"io.kubernetes.cri.sandbox-id": "pod1"},
+            "linux": {"namespaces": [
+                {"type": "pid", "path": "/proc/0/ns/pid"},
+                {"type": "ipc", "path": "/proc/0/ns/ipc"}
+            ]}
+        });
+        let err = for_guest(&mut spec, &mut mounts)
+            .expect_err("pid 0")
+            .to_string();
+        assert!(err.contains("linux.namespaces"), "{err}");
+        assert!(err.contains("/proc/0/ns/pid"), "{err}");
     }
 
     #[test]

@@ -270,7 +270,16 @@ async fn a_crashed_agent_panics_the_guest_kernel_which_is_reported_with_its_cons
 
     let mut crasher = ContainerSpec::new("crasher", BUSYBOX_IMAGE, &["sh", "-c", CRASH_PID_1]);
     crasher.add_capabilities = vec!["SYS_PTRACE".into()];
-    client.run_container(&pod, &crasher).await.expect("crasher");
+    client
+        .run_container(&pod, &crasher)
+        .await
+        .unwrap_or_else(|status| {
+            panic!(
+                "crasher: {status:?}\nconsole:\n{}\ncontainerd's and the shim's log:\n{}",
+                hull_tests::faults::last_lines(&dir.join("console.log"), 40),
+                rt.containerd.log_tail(80)
+            )
+        });
 
     let code = client
         .wait_exited(&sleeper_id, NOTICE)
