@@ -214,35 +214,48 @@ fn kill_in(dir: &Path) {
     crate::containerd::kill_all(&pids);
 }
 
-/// Whether the kernel's log says a memory cgroup's OOM killer took `pid`.
-/// cgroup v1 counts a kill only in the victim's own cgroup, and that one
-/// (the sandbox's) can be gone, counter and all, before a test reads it:
-/// the shim tears the pod down as soon as its VMM dies. The log stays.
-pub fn kernel_log_oom_killed(pid: i32) -> bool {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
+/// The kernel's log from the moment it is opened: whether a memory
+/// cgroup's OOM killer took a pid. cgroup v1 counts a kill only in the
+/// victim's own cgroup, and that one (the sandbox's) can be gone, counter
+/// and all, before a test reads it: the shim tears the pod down as soon as
+/// its VMM dies. The log stays. Only later records count, so an older kill
+/// of a process that had the same pid is not taken for this one.
+#[derive(Debug)]
+pub struct KernelLog(Option<std::fs::File>);
 
-    let Ok(mut kmsg) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open("/dev/kmsg")
-    else {
-        return false;
-    };
-    let wanted = format!("Memory cgroup out of memory: Killed process {pid} ");
-    // One record per read; EAGAIN after the last one.
-    let mut record = vec![0u8; 8192];
-    loop {
-        match kmsg.read(&mut record) {
-            Ok(0) => return false,
-            Ok(read) => {
-                if String::from_utf8_lossy(&record[..read]).contains(&wanted) {
-                    return true;
+impl KernelLog {
+    pub fn from_now() -> Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        let kmsg = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open("/dev/kmsg")
+            .ok()
+            // SEEK_END on /dev/kmsg: the next record to be written.
+            .filter(|mut kmsg| std::io::Seek::seek(&mut kmsg, std::io::SeekFrom::End(0)).is_ok());
+        Self(kmsg)
+    }
+
+    pub fn oom_killed(&mut self, pid: i32) -> bool {
+        use std::io::Read;
+        let Some(kmsg) = self.0.as_mut() else {
+            return false;
+        };
+        let wanted = format!("Memory cgroup out of memory: Killed process {pid} ");
+        // One record per read; EAGAIN after the last one.
+        let mut record = vec![0u8; 8192];
+        loop {
+            match kmsg.read(&mut record) {
+                Ok(0) => return false,
+                Ok(read) => {
+                    if String::from_utf8_lossy(&record[..read]).contains(&wanted) {
+                        return true;
+                    }
                 }
+                // A record overwritten while reading: go on with the next.
+                Err(err) if err.raw_os_error() == Some(nix::libc::EPIPE) => {}
+                Err(_) => return false,
             }
-            // A record overwritten while reading: go on with the next.
-            Err(err) if err.raw_os_error() == Some(nix::libc::EPIPE) => {}
-            Err(_) => return false,
         }
     }
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use hull_tests::cri::ContainerSpec;
 use hull_tests::hull_runtime::HullRuntime;
 use hull_tests::image::BUSYBOX_IMAGE;
-use hull_tests::pod_cgroup::{ParentCgroup, kernel_log_oom_killed};
+use hull_tests::pod_cgroup::{KernelLog, ParentCgroup};
 use hull_tests::{serial, unique_id};
 
 const NS: &str = "hull-accounting";
@@ -125,6 +125,7 @@ async fn the_vm_is_charged_to_the_pod_and_held_to_its_memory_limit() {
 
     // Touching far more than the limit leaves: the VMM, not the host, pays.
     let vmm_pid = vm_processes[0].1;
+    let mut kernel_log = KernelLog::from_now();
     let mut flood = client.clone();
     let flood_id = filler_id.clone();
     let flood = tokio::spawn(async move {
@@ -163,7 +164,7 @@ async fn the_vm_is_charged_to_the_pod_and_held_to_its_memory_limit() {
         most = most.max(peak);
     }
     let oom_kills = parent.oom_kills();
-    let logged = kernel_log_oom_killed(vmm_pid);
+    let logged = kernel_log.oom_killed(vmm_pid);
     eprintln!(
         "the VMM is gone at a usage of at most {} MiB of {} MiB; OOM kills: {oom_kills}; the kernel log names it: {logged}",
         most / MIB,
