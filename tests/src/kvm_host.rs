@@ -103,7 +103,11 @@ fn run_once(
         Command::new("virtiofsd")
             .arg("--socket-path")
             .arg(&socket)
-            .args(["--shared-dir", "/", "--readonly", "--cache", "auto"])
+            // `always`: an open keeps the file's cached pages. With `auto`
+            // each run of the debug shim binary dropped the running shim's
+            // code pages, and the test host's one vCPU spent seconds
+            // faulting them back in (tests/kvm-host/README.md).
+            .args(["--shared-dir", "/", "--readonly", "--cache", "always"])
             // overlayfs refuses a lower layer that announces submounts.
             .arg("--no-announce-submounts")
             .stdout(Stdio::null())
