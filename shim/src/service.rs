@@ -230,6 +230,25 @@ fn metrics_of(stats: &agent_api::StatsContainerResponse) -> cgroups::Metrics {
         })
         .into();
     }
+    if let Some(io) = &stats.io {
+        metrics.io = Some(cgroups::IOStat {
+            usage: io
+                .devices
+                .iter()
+                .map(|device| cgroups::IOEntry {
+                    major: device.major,
+                    minor: device.minor,
+                    rbytes: device.read_bytes,
+                    wbytes: device.write_bytes,
+                    rios: device.read_ios,
+                    wios: device.write_ios,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .into();
+    }
     metrics
 }
 
@@ -255,7 +274,16 @@ mod tests {
                 current: 3,
                 limit: 10,
             }),
-            io: None,
+            io: Some(agent_api::IoStats {
+                devices: vec![agent_api::IoDeviceStats {
+                    major: 254,
+                    minor: 16,
+                    read_bytes: 4096,
+                    write_bytes: 8192,
+                    read_ios: 1,
+                    write_ios: 2,
+                }],
+            }),
         };
         let metrics = metrics_of(&stats);
         assert_eq!(metrics.cpu.usage_usec, 7);
@@ -269,5 +297,12 @@ mod tests {
         );
         assert_eq!(metrics.memory_events.oom_kill, 1);
         assert_eq!((metrics.pids.current, metrics.pids.limit), (3, 10));
+        let io = &metrics.io.usage;
+        assert_eq!(io.len(), 1, "{io:?}");
+        assert_eq!(
+            (io[0].major, io[0].minor, io[0].rbytes, io[0].wbytes),
+            (254, 16, 4096, 8192)
+        );
+        assert_eq!((io[0].rios, io[0].wios), (1, 2));
     }
 }
