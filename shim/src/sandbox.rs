@@ -64,6 +64,7 @@ impl PodBooter for VmBooter {
     ) -> Result<Arc<dyn PodVm>> {
         let bundle = Path::new(&request.bundle);
         // Before the boot, so that a pod refused boots no VM.
+        crate::spec::refuse_boot_by_container(spec)?;
         crate::spec::refuse_host_namespaces(spec)?;
         crate::spec::refuse_lsm_labels(spec)?;
         let annotations = crate::spec::annotations(spec);

@@ -273,6 +273,28 @@ fn refuse_unknown_sandbox_pid(ns: &serde_json::Map<String, Value>) -> Result<()>
     Ok(())
 }
 
+/// CRI's annotation saying whether a spec is a pod's sandbox or one of
+/// its containers.
+const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+
+/// Refuses to boot a CRI pod from anything but its sandbox's spec. Only the
+/// sandbox's names the pod's network namespace and cgroup; a container's
+/// names `/proc/<sandbox pid>/ns/net`, and that pid is the one the guest
+/// reported, so on the host it is some other process, whose interfaces the
+/// pod would then mirror. A container reaches a shim without its pod only
+/// when the sandbox's shim is gone.
+pub fn refuse_boot_by_container(spec: &Value) -> Result<()> {
+    match annotations(spec).get(CONTAINER_TYPE_ANNOTATION) {
+        Some(kind) if kind != "sandbox" => Err(ShimError::invalid(
+            "annotations[io.kubernetes.cri.container-type]",
+            format!(
+                "{kind:?}: the pod's VM boots with its sandbox, and this shim serves no running pod (its sandbox's shim is gone); recreate the pod"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Refuses a spec that asks for the host's network or IPC namespace (CRI's
 /// hostNetwork and hostIPC, `ctr run --net-host`): a VM cannot share them,
 /// and running such a pod with the guest's own instead would leave it
@@ -558,5 +580,27 @@ mod tests {
         let err = for_guest(&mut spec, &mut ContainerMounts::for_tests(dir.path(), "c1"))
             .expect_err("relative source");
         assert!(err.to_string().starts_with("mounts[0].source"), "{err}");
+    }
+
+    #[test]
+    fn only_the_sandbox_boots_a_cri_pod() {
+        let spec = |kind: &str| {
+            json!({
+                "annotations": {
+                    "io.kubernetes.cri.container-type": kind,
+                    "io.kubernetes.cri.sandbox-id": "pod",
+                },
+                "linux": {"namespaces": [{"type": "network", "path": "/proc/35/ns/net"}]}
+            })
+        };
+        refuse_boot_by_container(&spec("sandbox")).expect("the sandbox boots the pod");
+        let err = refuse_boot_by_container(&spec("container")).expect_err("a container");
+        assert!(
+            err.to_string()
+                .contains("annotations[io.kubernetes.cri.container-type]"),
+            "{err}"
+        );
+        // Outside CRI (`ctr run`), every container is its own pod.
+        refuse_boot_by_container(&json!({"linux": {}})).expect("no CRI");
     }
 }
