@@ -281,14 +281,15 @@ const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 /// sandbox's names the pod's network namespace and cgroup; a container's
 /// names `/proc/<sandbox pid>/ns/net`, and that pid is the one the guest
 /// reported, so on the host it is some other process, whose interfaces the
-/// pod would then mirror. A container reaches a shim without its pod only
-/// when the sandbox's shim is gone.
+/// pod would then mirror. A container reaches a shim without its pod when
+/// its sandbox was never created in that shim (its shim is gone, or
+/// containerd started another).
 pub fn refuse_boot_by_container(spec: &Value) -> Result<()> {
     match annotations(spec).get(CONTAINER_TYPE_ANNOTATION) {
         Some(kind) if kind != "sandbox" => Err(ShimError::invalid(
-            "annotations[io.kubernetes.cri.container-type]",
+            format!("annotations[{CONTAINER_TYPE_ANNOTATION}]"),
             format!(
-                "{kind:?}: the pod's VM boots with its sandbox, and this shim serves no running pod (its sandbox's shim is gone); recreate the pod"
+                "{kind:?}: the pod's VM boots with its sandbox, and this shim has no pod (the sandbox was not created in it); recreate the pod"
             ),
         )),
         _ => Ok(()),
